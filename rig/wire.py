@@ -37,10 +37,11 @@ class Kind(enum.IntEnum):
     TRIAL_EVENT = 4  #: UTF-8 JSON object (uint8 bytes), task/behaviour events
     LIGHT_COMMAND = 5  #: rigd → rig, packed LIGHT_COMMAND struct (uint8 bytes)
     LIGHT_ACK = 6  #: rig → rigd, packed LIGHT_ACK struct (uint8 bytes)
-    DECODER_OUTPUT = 7  #: float32 (n_outputs,) decoded values
+    DECODER_OUTPUT = 7  #: float32/float64 (n_outputs,) or (n_frames, n_outputs) decoded values
     HEARTBEAT = 8  #: UTF-8 JSON object (uint8 bytes); rig → rigd carries the rig description
     ALARM = 9  #: UTF-8 JSON object (uint8 bytes)
-    LOG = 10  #: UTF-8 JSON object (uint8 bytes): decisions, trial summaries, telemetry
+    LOG = 10  #: UTF-8 JSON object (uint8 bytes): decisions, trial summaries, telemetry summaries
+    TELEMETRY = 11  #: float64 (n_loops, n_fields) per-loop stage timings (recorded by rigd)
 
 
 class DType(enum.IntEnum):
@@ -81,7 +82,8 @@ _ALLOWED_DTYPES: dict[Kind, frozenset[DType] | None] = {
     Kind.TRIAL_EVENT: frozenset({DType.U8}),
     Kind.LIGHT_COMMAND: frozenset({DType.U8}),
     Kind.LIGHT_ACK: frozenset({DType.U8}),
-    Kind.DECODER_OUTPUT: frozenset({DType.F32}),
+    Kind.DECODER_OUTPUT: frozenset({DType.F32, DType.F64}),
+    Kind.TELEMETRY: frozenset({DType.F64}),
     Kind.HEARTBEAT: frozenset({DType.U8, DType.NONE}),
     Kind.ALARM: frozenset({DType.U8}),
     Kind.LOG: frozenset({DType.U8}),

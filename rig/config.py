@@ -1,0 +1,86 @@
+"""The service configuration: every knob of ``rigd start``, validated once at the boundary.
+
+Values come from CLI flags and an optional TOML file (``--config``); pydantic rejects bad values
+with the field, the value and the allowed range, before anything starts. Budgets that matter
+for safety or latency are named here with their units and sources.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ServiceConfig(BaseModel):
+    """Configuration of one rigd run (one session)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("rigd", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="instance name (MQTT prefix)")
+    rig: Literal["sim", "external"] = "sim"
+    trials: int | None = Field(None, ge=1, le=100_000, description="stop after this many trials")
+    duration_s: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="stop after this long")
+    session_dir: Path = Path("sessions")
+    mqtt: str | None = Field(None, description="lab broker mqtt://host:port; None → embedded broker")
+    mqtt_port: int = Field(0, ge=0, le=65535, description="embedded broker port; 0 → a free port")
+    protocol: Path | None = None
+    calibration: Path | None = None
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    rig_ids: list[int] = Field(default_factory=lambda: [1])
+    ingest_endpoint: str = "tcp://127.0.0.1:*"
+    command_endpoint: str = "tcp://127.0.0.1:*"
+    #: decision budget from frame receipt to command on the wire; science.md §4.2 asks ≤ 10 ms p99
+    deadline_ms: float = Field(10.0, gt=0, le=1000)
+    decoder: str = "cd"
+    decoder_mode: Literal["freeze", "adaptive"] = "adaptive"
+    n_fit_trials: int = Field(20, ge=4, le=10_000, description="control trials before the first fit")
+    # simulated rig (science.md §5)
+    mu_left: float = Field(0.6, ge=0, le=1)
+    mu_right: float = Field(0.6, ge=0, le=1)
+    callosotomy: bool = False
+    units_per_hemisphere: int = Field(40, ge=1, le=100_000)
+    day: int = Field(0, ge=0, le=10_000)
+    bin_ms: float = Field(1.0, gt=0, le=100)
+    iti_s: float | None = Field(None, ge=0, le=60, description="sim inter-trial interval (default: sim's)")
+    model: Literal["reduced", "spiking"] = "reduced"
+    backend: Literal["cpu", "lava"] = "cpu"
+    ui: bool = True
+    ui_port: int = Field(0, ge=0, le=65535, description="live view port on 127.0.0.1; 0 → free port")
+    live: bool | None = Field(None, description="terminal live view (default: when stdout is a TTY)")
+
+    @field_validator("mqtt")
+    @classmethod
+    def _mqtt_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("mqtt://", "tcp://")):
+            raise ValueError(f"must look like mqtt://host:port, got {v!r}")
+        return v
+
+    @field_validator("rig_ids")
+    @classmethod
+    def _rig_ids(cls, v: list[int]) -> list[int]:
+        if not v or any(r <= 0 or r >= 2**32 for r in v):
+            raise ValueError(f"rig ids must be 1 … 2^32-1 (0 is rigd itself), got {v}")
+        return v
+
+    @classmethod
+    def load(cls, file: Path | None, **overrides: Any) -> ServiceConfig:
+        """Merge a TOML file (if given) with CLI overrides (None values are ignored)."""
+        data: dict[str, Any] = {}
+        if file is not None:
+            with open(file, "rb") as f:
+                data.update(tomllib.load(f))
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(data)
+
+
+def runtime_dir() -> Path:
+    """Where running instances leave their runtime file (``RIGD_RUNTIME_DIR`` overrides)."""
+    env = os.environ.get("RIGD_RUNTIME_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rigd"

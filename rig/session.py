@@ -1,0 +1,312 @@
+"""Session directories: the crash-safe recorder that writes them and the reader that opens them.
+
+A session is a directory holding ``manifest.json`` (config, protocol text and hash, package
+versions, seeds, start/stop times, counters; rewritten atomically) and ``wire.rlog``, an
+append-only log of every wire message rigd received or sent (frames, events, light commands,
+acks, decoder outputs, alarms, trial summaries, telemetry), each as one record::
+
+    record header "<IIqI": header_len, payload_len, t_local_ns (rigd monotonic), crc32
+    then the 56-byte wire header and the payload, exactly as on the wire
+
+The recorder never blocks the hot path: ``put`` appends to a bounded in-memory queue that a
+writer thread drains with ``os.write`` at least every flush interval (so ``kill -9`` loses at
+most that interval) and ``fsync`` about once a second. A full queue drops the record and
+counts it. The reader stops cleanly at a torn final record and says how many bytes it ignored.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rig import wire
+
+RECORD = struct.Struct("<IIqI")
+LOG_NAME = "wire.rlog"
+MANIFEST_NAME = "manifest.json"
+RIGD_RIG_ID = 0  #: rig id rigd uses for the records it writes itself
+
+
+def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
+    """Write JSON to ``path`` via a temporary file and rename (never a half-written file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Recorder:
+    """Append-only, crash-safe writer of one session's wire log.
+
+    Args:
+        directory: the session directory (created).
+        flush_interval_s: longest time a record waits in memory before ``os.write``.
+        max_queue: records held in memory before new ones are dropped (and counted).
+    """
+
+    def __init__(self, directory: Path, flush_interval_s: float = 0.2, max_queue: int = 200_000) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.flush_interval_s = flush_interval_s
+        self.max_queue = max_queue
+        self._fd = os.open(self.directory / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._queue: collections.deque[tuple[int, bytes | memoryview, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self.dropped = 0
+        self.written_records = 0
+        self.written_bytes = 0
+        self.max_lag_records = 0
+        self._seq = 0
+        self._thread = threading.Thread(target=self._run, name="rigd-recorder", daemon=True)
+        self._thread.start()
+
+    # -- producer side (any thread; cheap) ----------------------------------------------------
+
+    def put(self, header: bytes | memoryview, payload: Any, t_local_ns: int) -> bool:
+        """Queue one wire message (its header and payload buffers, not copied). False if dropped."""
+        q = self._queue
+        if len(q) >= self.max_queue:
+            self.dropped += 1
+            return False
+        q.append((t_local_ns, header, payload))
+        return True
+
+    def put_message(self, kind: wire.Kind, payload: npt.NDArray[Any] | bytes | None,
+                    t_local_ns: int, *, stream_id: int = 0, t_rig_ns: int = 0) -> bool:
+        """Record a message rigd itself produces (alarms, logs, decoder outputs, telemetry)."""
+        seq = self._seq
+        self._seq += 1
+        h, p = wire.encode(kind, payload, rig_id=RIGD_RIG_ID, stream_id=stream_id, seq=seq,
+                           t_rig_ns=t_rig_ns, t_send_ns=t_local_ns)
+        return self.put(h, p, t_local_ns)
+
+    def log(self, obj: dict[str, Any], t_local_ns: int) -> bool:
+        """Record a JSON log entry (trial summary, decision, telemetry summary...)."""
+        return self.put_message(wire.Kind.LOG, wire.json_bytes(obj), t_local_ns, stream_id=1)
+
+    def alarm(self, obj: dict[str, Any], t_local_ns: int) -> bool:
+        """Record an alarm."""
+        return self.put_message(wire.Kind.ALARM, wire.json_bytes(obj), t_local_ns, stream_id=2)
+
+    @property
+    def lag_records(self) -> int:
+        """Records waiting to be written."""
+        return len(self._queue)
+
+    # -- writer thread ------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        q = self._queue
+        n = len(q)
+        if n == 0:
+            return
+        self.max_lag_records = max(self.max_lag_records, n)
+        parts: list[bytes | memoryview] = []
+        size = 0
+        for _ in range(n):
+            t, h, p = q.popleft()
+            hb = memoryview(h) if not isinstance(h, memoryview) else h
+            pb = p if isinstance(p, bytes | memoryview) else memoryview(p).cast("B")
+            crc = zlib.crc32(pb, zlib.crc32(hb))
+            parts.append(RECORD.pack(len(hb), len(pb), t, crc))
+            parts.append(hb)
+            parts.append(pb)
+            size += RECORD.size + len(hb) + len(pb)
+            if size > 8 * 1024 * 1024:
+                self._write(parts)
+                parts, size = [], 0
+        self._write(parts)
+        self.written_records += n
+
+    def _write(self, parts: list[bytes | memoryview]) -> None:
+        if not parts:
+            return
+        total = sum(len(p) for p in parts)
+        written = os.writev(self._fd, parts)
+        if written != total:  # partial writev: finish with a joined buffer
+            rest = b"".join(bytes(p) for p in parts)[written:]
+            while rest:
+                k = os.write(self._fd, rest)
+                rest = rest[k:]
+        self.written_bytes += total
+
+    def _run(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            self._drain()
+            now = time.monotonic()
+            if now - last_sync > 1.0:
+                os.fsync(self._fd)
+                last_sync = now
+            if self._stop:
+                self._drain()
+                os.fsync(self._fd)
+                return
+
+    def close(self) -> None:
+        """Write everything still queued, fsync and close."""
+        if self._stop:
+            return
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        os.close(self._fd)
+
+    def counters(self) -> dict[str, int]:
+        """Recorder counters for status and manifest."""
+        return {"recorder_dropped": self.dropped, "recorder_records": self.written_records,
+                "recorder_bytes": self.written_bytes, "recorder_lag_records": self.lag_records,
+                "recorder_max_lag_records": self.max_lag_records}
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One recorded wire message."""
+
+    t_local_ns: int
+    header: wire.Header
+    payload: memoryview
+
+
+@dataclass
+class Session:
+    """A recorded session opened for reading (data are loaded lazily from the log)."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    torn_bytes: int = 0
+    bad_records: int = 0
+    _records: list[Record] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def open(cls, directory: Path | str) -> Session:
+        """Open a session directory; tolerate a missing/partial manifest and a torn log tail."""
+        d = Path(directory)
+        if not (d / LOG_NAME).exists():
+            raise FileNotFoundError(f"{d} is not a rigd session: {LOG_NAME} missing")
+        try:
+            manifest = json.loads((d / MANIFEST_NAME).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            manifest = {}
+        s = cls(d, manifest)
+        s._load()
+        return s
+
+    def _load(self) -> None:
+        data = memoryview((self.directory / LOG_NAME).read_bytes())
+        off, n = 0, len(data)
+        while off + RECORD.size <= n:
+            hl, pl, t, crc = RECORD.unpack_from(data, off)
+            end = off + RECORD.size + hl + pl
+            if end > n:
+                break
+            hb = data[off + RECORD.size: off + RECORD.size + hl]
+            pb = data[off + RECORD.size + hl: end]
+            if zlib.crc32(pb, zlib.crc32(hb)) != crc:
+                if end == n:
+                    break  # torn final record
+                self.bad_records += 1
+                off = end
+                continue
+            try:
+                h = wire.unpack_header(hb)
+            except wire.WireError:
+                self.bad_records += 1
+                off = end
+                continue
+            self._records.append(Record(t, h, pb))
+            off = end
+        self.torn_bytes = n - off
+
+    def records(self, kind: wire.Kind | None = None, rig_id: int | None = None) -> Iterator[Record]:
+        """Records in log order, optionally of one kind and/or rig."""
+        for r in self._records:
+            if (kind is None or r.header.kind == kind) and (rig_id is None or r.header.rig_id == rig_id):
+                yield r
+
+    def json_records(self, kind: wire.Kind, rig_id: int | None = None) -> list[tuple[Record, dict[str, Any]]]:
+        """Records of a JSON kind with their decoded objects."""
+        return [(r, wire.payload_json(r.header, r.payload)) for r in self.records(kind, rig_id)]
+
+    def events(self) -> list[dict[str, Any]]:
+        """Trial/behaviour events from the rig(s), each with its rig time ``t_rig_ns``."""
+        return [{**o, "t_rig_ns": r.header.t_rig_ns, "rig_id": r.header.rig_id}
+                for r, o in self.json_records(wire.Kind.TRIAL_EVENT)]
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Per-trial summaries rigd logged when each trial ended (outcome, condition, light)."""
+        return [o for _, o in self.json_records(wire.Kind.LOG) if o.get("type") == "trial"]
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Alarms raised during the session."""
+        return [o for _, o in self.json_records(wire.Kind.ALARM)]
+
+    def logs(self, type_: str) -> list[dict[str, Any]]:
+        """LOG entries of one type ("trial", "decision", "telemetry", "decoder_fit", ...)."""
+        return [o for _, o in self.json_records(wire.Kind.LOG) if o.get("type") == type_]
+
+    def rig_description(self) -> dict[str, Any]:
+        """The last heartbeat description a rig sent."""
+        desc: dict[str, Any] = {}
+        for r in self.records(wire.Kind.HEARTBEAT):
+            if r.header.rig_id != RIGD_RIG_ID and r.header.payload_nbytes:
+                desc = wire.payload_json(r.header, r.payload)
+        return desc
+
+    def counts(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[Any]]:
+        """All binned spike-count frames: (seq, t_rig_ns, counts (n_frames, n_units))."""
+        rs = [r for r in self.records(wire.Kind.SPIKE_COUNTS) if r.header.rig_id != RIGD_RIG_ID]
+        if not rs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.uint8)
+        seq = np.fromiter((r.header.seq for r in rs), np.int64, len(rs))
+        t = np.fromiter((r.header.t_rig_ns for r in rs), np.int64, len(rs))
+        width = max(int(np.prod(r.header.shape)) for r in rs)
+        dt = wire.np_dtype(rs[0].header.dtype)
+        out = np.zeros((len(rs), width), dtype=dt)
+        for i, r in enumerate(rs):
+            a = wire.payload_array(r.header, r.payload).reshape(-1)
+            out[i, : a.size] = a
+        return seq, t, out
+
+    def decoder_outputs(self) -> npt.NDArray[np.float64]:
+        """Decoder outputs, one row per frame: seq, t_rig_ns, t_s, value, confidence, left, right."""
+        parts = [wire.payload_array(r.header, r.payload).reshape(-1, r.header.shape[-1])
+                 for r in self.records(wire.Kind.DECODER_OUTPUT, RIGD_RIG_ID)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 7))
+
+    def telemetry(self) -> npt.NDArray[np.float64]:
+        """Per-loop stage timings recorded by rigd (columns in manifest['telemetry_fields'])."""
+        parts = [wire.payload_array(r.header, r.payload)
+                 for r in self.records(wire.Kind.TELEMETRY, RIGD_RIG_ID)]
+        n = len(self.manifest.get("telemetry_fields", [])) or (parts[0].shape[1] if parts else 0)
+        return np.concatenate(parts) if parts else np.zeros((0, n))
+
+    def light_commands(self) -> list[tuple[Record, wire.LightCommandFields]]:
+        """Every light command rigd sent."""
+        return [(r, wire.unpack_light_command(r.payload))
+                for r in self.records(wire.Kind.LIGHT_COMMAND)]
+
+    def light_acks(self) -> list[tuple[Record, wire.LightAckFields]]:
+        """Every acknowledgement the rig sent."""
+        return [(r, wire.unpack_light_ack(r.payload)) for r in self.records(wire.Kind.LIGHT_ACK)]
