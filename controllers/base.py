@@ -48,6 +48,8 @@ class TrialState:
     outcome: str = ""  #: "hit" | "error" | "ignore" | "early_lick" once known
     choice: int = 0  #: +1 right, -1 left, 0 none
     missing_events: int = 0  #: events inferred from timing because they never arrived
+    sample_s: float = 1.3  #: planned/observed sample-epoch length (sample onset to delay onset)
+    late_events: int = 0  #: events that arrived after their epoch had already been inferred
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,10 @@ class LightRequest:
     spots_right: int = 0
     condition: str = ""
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: how long after the causing frame the command may still usefully reach the rig; the service
+    #: turns it into ``deadline_rig_ns`` and drops (never executes late) a decision that misses it.
+    #: 25 ms = science.md §4.2 "acceptable for state-triggered scheduling".
+    deadline_budget_s: float = 0.025
 
     @staticmethod
     def spots_for(hemisphere: Hemisphere, n_spots: int = SPOTS_PER_HEMISPHERE) -> tuple[int, int]:
@@ -88,5 +94,5 @@ class Controller(Protocol):
         ...
 
     def on_trial_end(self, state: TrialState) -> dict[str, Any]:
-        """The trial is over (outcome known): return what was decided, for the per-trial log."""
+        """Close the trial (outcome known): return what was decided, for the per-trial log."""
         ...
