@@ -1,0 +1,337 @@
+"""Lava sidecar: runs a rigd spiking network on Lava and streams it to rigd over ZeroMQ.
+
+Runs under the Lava venv's Python 3.10 (``.venv-lava/bin/python``), never inside rigd: lava-nc
+0.10 supports Python < 3.11 only. It owns building a network file (written by
+``hardware.spiking.network.Network.save``; read here without pydantic) from stock lava.proc
+processes (LIF / LIFRefractory, Dense / DelayDense, Sparse / DelaySparse), running it with
+Loihi2SimCfg (``fixed_pt`` or ``floating_pt`` models) or Loihi2HwCfg (``--hw``), and the wire
+protocol with ``hardware/spiking/lava.py``. It must not import rigd modules.
+
+Two ways in and out, both stock Lava:
+
+* streaming (``step`` requests): one ``lava.proc.io.injector.Injector`` per input port and one
+  ``lava.proc.io.extractor.Extractor`` per output port, the network run with ``RunContinuous``.
+  The injectors block on an empty buffer, so the network advances exactly one step per injected
+  input vector: rigd sends k input vectors and receives k output vectors per round trip.
+* batch (``run`` requests): a fresh copy of the network fed by ``lava.proc.io.source.RingBuffer``
+  sources, spikes out through one Extractor per population, ``RunSteps(1)`` per step with
+  ``v``/``u`` read by ``Var.get()`` after each (slow, for equivalence tests, not for speed).
+
+Wire: a ``zmq.PAIR`` socket connected to ``--endpoint``; every message is multipart
+``[json header, array frames...]`` with each array's dtype and shape in ``header["arrays"]``.
+The sidecar first sends ``{"event": "ready", ...}`` (or ``{"event": "error", "error": ...}``).
+Requests: ``{"cmd": "step", "k": k}`` + one (k, size) frame per input port (network order) →
+one (k, size) uint8 frame per output port; ``{"cmd": "run", "n_steps": n}`` + one frame per input
+port → frames ``spikes/<pop>``, ``v/<pop>``, ``u/<pop>``; ``{"cmd": "ping"}``; ``{"cmd": "stop"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+import typing as ty
+
+# This file sits beside rigd's lava.py: drop its own folder from the path so that "import lava"
+# finds lava-nc, not hardware/spiking/lava.py.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _here]
+
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- wire
+def send_msg(sock: zmq.Socket, header: dict, arrays: ty.Sequence[ty.Tuple[str, np.ndarray]] = ()) -> None:
+    """Send a header and named arrays as one multipart message."""
+    header = dict(header)
+    header["arrays"] = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays]
+    sock.send_multipart([json.dumps(header).encode()] + [np.ascontiguousarray(a).data for _, a in arrays],
+                        copy=False)
+
+
+def recv_msg(sock: zmq.Socket) -> ty.Tuple[dict, ty.Dict[str, np.ndarray]]:
+    """Receive a header and its named arrays."""
+    frames = sock.recv_multipart(copy=False)
+    header = json.loads(bytes(frames[0].buffer).decode())
+    arrays = {}
+    for spec, fr in zip(header.get("arrays", []), frames[1:]):
+        arrays[spec["name"]] = np.frombuffer(fr.buffer, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"])
+    return header, arrays
+
+
+# ----------------------------------------------------------------------------- network file
+def load_network(path: str) -> ty.Tuple[dict, ty.List[dict]]:
+    """The JSON description and, per connection, its pre/post/weight/delay arrays."""
+    with np.load(path) as z:
+        doc = json.loads(bytes(z["network.json"]).decode())
+        conns = []
+        for i, _ in enumerate(doc["connections"]):
+            conns.append({
+                "pre": z[f"c{i}.pre"].astype(np.int64),
+                "post": z[f"c{i}.post"].astype(np.int64),
+                "weight": z[f"c{i}.weight"].astype(np.float64),
+                "delay": z[f"c{i}.delay"].astype(np.int64) if f"c{i}.delay" in z.files else None,
+            })
+    return doc, conns
+
+
+class Built:
+    """The Lava processes of one instance of the network."""
+
+    def __init__(self) -> None:
+        self.lifs: ty.Dict[str, ty.Any] = {}
+        self.conns: ty.List[ty.Any] = []
+        self.injectors: ty.Dict[str, ty.Any] = {}
+        self.extractors: ty.Dict[str, ty.Any] = {}
+        self.sources: ty.Dict[str, ty.Any] = {}
+
+
+def build(doc: dict, arrays: ty.List[dict], io: str, buffer_size: int = 64,
+          n_steps: int = 0, inputs: ty.Optional[ty.Dict[str, np.ndarray]] = None) -> Built:
+    """Instantiate the network from lava.proc processes; ``io`` is "stream" or "batch"."""
+    from scipy.sparse import csr_matrix
+
+    from lava.proc.dense.process import DelayDense, Dense
+    from lava.proc.io.extractor import Extractor
+    from lava.proc.io.injector import Injector
+    from lava.proc.io.source import RingBuffer
+    from lava.proc.lif.process import LIF, LIFRefractory
+    from lava.proc.sparse.process import DelaySparse, Sparse
+
+    fixed = doc["mode"] == "fixed"
+    b = Built()
+    num = int if fixed else float
+    for p in doc["populations"]:
+        n = p["size"]
+        bias = np.broadcast_to(np.asarray(p["bias_mant"], dtype=np.float64), (n,)).copy()
+        kw = dict(shape=(n,), du=num(p["du"]), dv=num(p["dv"]), vth=num(p["vth"]),
+                  bias_mant=bias.astype(np.int32) if fixed else bias,
+                  bias_exp=np.full(n, p["bias_exp"], dtype=np.int32) if fixed else 0,
+                  name=p["name"])
+        if p.get("refractory_period", 0):
+            b.lifs[p["name"]] = LIFRefractory(refractory_period=int(p["refractory_period"]), **kw)
+        else:
+            b.lifs[p["name"]] = LIF(**kw)
+    sizes = {p["name"]: p["size"] for p in doc["populations"]}
+    graded = {}
+    for ip in doc["inputs"]:
+        sizes[ip["name"]] = ip["size"]
+        graded[ip["name"]] = ip["graded"]
+        if io == "stream":
+            inj = Injector(shape=(ip["size"],), buffer_size=buffer_size)
+            b.injectors[ip["name"]] = inj
+            b.sources[ip["name"]] = inj.out_port
+        else:
+            data = np.zeros((ip["size"], max(n_steps, 1)))
+            if inputs is not None and ip["name"] in inputs:
+                data = np.asarray(inputs[ip["name"]]).T
+            rb = RingBuffer(data=data.astype(np.int32) if fixed else data.astype(np.float64))
+            b.injectors[ip["name"]] = rb
+            b.sources[ip["name"]] = rb.s_out
+    for name, lif in b.lifs.items():
+        b.sources[name] = lif.s_out
+    if io == "stream" and not doc["inputs"]:
+        # a clock: without an input the network would free-run ahead of rigd
+        first = doc["populations"][0]
+        inj = Injector(shape=(1,), buffer_size=buffer_size)
+        clk = Dense(weights=np.zeros((first["size"], 1), dtype=np.int32 if fixed else np.float64))
+        inj.out_port.connect(clk.s_in)
+        clk.a_out.connect(b.lifs[first["name"]].a_in)
+        b.injectors["__clock__"] = inj
+        b.conns.append(clk)
+    for c, a in zip(doc["connections"], arrays):
+        n_pre, n_post = sizes[c["source"]], sizes[c["target"]]
+        w = a["weight"].astype(np.int32) if fixed else a["weight"]
+        d = a["delay"]
+        max_delay = 0 if d is None or d.size == 0 else int(d.max())
+        kw = dict(num_message_bits=8 if graded.get(c["source"], False) else 0, name=c["name"])
+        if fixed:
+            kw.update(weight_exp=int(c["weight_exp"]), num_weight_bits=int(c["num_weight_bits"]))
+        if c["kind"] == "dense":
+            W = np.zeros((n_post, n_pre), dtype=w.dtype)
+            W[a["post"], a["pre"]] = w
+            if max_delay > 0:
+                D = np.zeros((n_post, n_pre), dtype=np.int64)
+                D[a["post"], a["pre"]] = d
+                proc = DelayDense(weights=W, delays=D, max_delay=max_delay, **kw)
+            else:
+                proc = Dense(weights=W, **kw)
+        else:
+            W = csr_matrix((w, (a["post"], a["pre"])), shape=(n_post, n_pre))
+            if max_delay > 0:
+                D = csr_matrix((d.astype(np.int64), (a["post"], a["pre"])), shape=(n_post, n_pre))
+                proc = DelaySparse(weights=W, delays=D, max_delay=max_delay, **kw)
+            else:
+                proc = Sparse(weights=W, **kw)
+        b.sources[c["source"]].connect(proc.s_in)
+        proc.a_out.connect(b.lifs[c["target"]].a_in)
+        b.conns.append(proc)
+    if io == "stream":
+        for o in doc["outputs"]:
+            ex = Extractor(shape=(sizes[o["population"]],), buffer_size=buffer_size)
+            b.lifs[o["population"]].s_out.connect(ex.in_port)
+            b.extractors[o["name"]] = ex
+    else:
+        # lava.proc.monitor.Monitor cannot hold several probes of one process in 0.10 (its
+        # get_data keeps one Var per process, and a Var probe leaves an unmodelled InPort), so
+        # spikes come out through one Extractor per population and v, u through Var.get().
+        for name, lif in b.lifs.items():
+            ex = Extractor(shape=(sizes[name],), buffer_size=max(n_steps, 1) + 1)
+            lif.s_out.connect(ex.in_port)
+            b.extractors[name] = ex
+    return b
+
+
+def run_config(fixed: bool, hw: bool) -> ty.Any:
+    """Loihi2SimCfg with the right tag, or Loihi2HwCfg (failing clearly without Loihi)."""
+    if hw:
+        from lava.utils import loihi
+        if not loihi.is_installed("lava.magma.compiler.subcompilers.nc") and \
+                not loihi.is_installed("nxcore"):
+            raise RuntimeError("--hw: no Loihi 2 here: lava-loihi (the Loihi 2 extension of Lava, "
+                               "available to Intel's INRC members) is not installed and no Loihi "
+                               "host is configured; run without --hw to use Loihi2SimCfg")
+        from lava.magma.core.run_configs import Loihi2HwCfg
+        return Loihi2HwCfg()
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
+    from lava.proc.io.injector import Injector, PyLoihiInjectorModel
+    # The injector/extractor models are untagged and come in two protocols, so select_tag alone
+    # finds none: name the LoihiProtocol ones explicitly.
+    return Loihi2SimCfg(select_tag="fixed_pt" if fixed else "floating_pt",
+                        exception_proc_model_map={Injector: PyLoihiInjectorModel,
+                                                  Extractor: PyLoihiExtractorModel})
+
+
+def any_process(b: Built) -> ty.Any:
+    """A process of the network (``run`` on one runs the whole connected graph)."""
+    return next(iter(b.lifs.values()))
+
+
+def batch_run(doc: dict, arrays: ty.List[dict], n_steps: int, inputs: ty.Dict[str, np.ndarray],
+              hw: bool) -> ty.List[ty.Tuple[str, np.ndarray]]:
+    """A fresh instance run for ``n_steps``; spikes, v and u per population."""
+    from lava.magma.core.run_conditions import RunSteps
+    fixed = doc["mode"] == "fixed"
+    b = build(doc, arrays, "batch", n_steps=n_steps, inputs=inputs)
+    proc = any_process(b)
+    cfg = run_config(fixed, hw)
+    dt = np.int64 if fixed else np.float64
+    v = {n: np.zeros((n_steps, lif.v.shape[0]), dt) for n, lif in b.lifs.items()}
+    u = {n: np.zeros((n_steps, lif.u.shape[0]), dt) for n, lif in b.lifs.items()}
+    for t in range(n_steps):  # one step per run call so that v and u can be read every step
+        proc.run(condition=RunSteps(num_steps=1), run_cfg=cfg)
+        for n, lif in b.lifs.items():
+            v[n][t] = lif.v.get()
+            u[n][t] = lif.u.get()
+    spikes = {n: np.stack([ex.receive() for _ in range(n_steps)]) if n_steps else
+              np.zeros((0, b.lifs[n].v.shape[0])) for n, ex in b.extractors.items()}
+    proc.stop()
+    out = []
+    for name in b.lifs:
+        out.append((f"spikes/{name}", (spikes[name] != 0).astype(np.uint8)))
+        out.append((f"v/{name}", v[name]))
+        out.append((f"u/{name}", u[name]))
+    return out
+
+
+class Stream:
+    """The streaming instance: injectors in, extractors out, RunContinuous."""
+
+    def __init__(self, doc: dict, arrays: ty.List[dict], hw: bool, buffer_size: int) -> None:
+        from lava.magma.core.run_conditions import RunContinuous
+        self.doc = doc
+        self.fixed = doc["mode"] == "fixed"
+        self.buffer_size = buffer_size
+        self.b = build(doc, arrays, "stream", buffer_size=buffer_size)
+        self.proc = any_process(self.b)
+        self.proc.run(condition=RunContinuous(), run_cfg=run_config(self.fixed, hw))
+        self.zeros = {name: np.zeros(inj.out_port.shape) for name, inj in self.b.injectors.items()}
+
+    def step(self, k: int, inputs: ty.Dict[str, np.ndarray]) -> ty.List[ty.Tuple[str, np.ndarray]]:
+        out = {name: np.zeros((k, ex.in_port.shape[0]), dtype=np.uint8) for name, ex in self.b.extractors.items()}
+        done = 0
+        while done < k:  # never more than the buffer holds in flight
+            m = min(k - done, self.buffer_size)
+            for i in range(done, done + m):
+                for name, inj in self.b.injectors.items():
+                    x = inputs.get(name)
+                    inj.send(self.zeros[name] if x is None else np.asarray(x[i], dtype=np.float64))
+            for i in range(done, done + m):
+                for name, ex in self.b.extractors.items():
+                    out[name][i] = ex.receive() != 0
+            done += m
+        return list(out.items())
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def serve(args: argparse.Namespace) -> int:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.PAIR)
+    sock.setsockopt(zmq.LINGER, 500)
+    sock.connect(args.endpoint)
+    stream: ty.Optional[Stream] = None
+    try:
+        t0 = time.perf_counter()
+        import lava
+        doc, arrays = load_network(args.net)
+        run_config(doc["mode"] == "fixed", args.hw)  # fail early and clearly on --hw
+        if args.stream:
+            stream = Stream(doc, arrays, args.hw, args.buffer)
+        send_msg(sock, {"event": "ready", "pid": os.getpid(), "lava": getattr(lava, "__version__", "0.10"),
+                        "python": sys.version.split()[0], "startup_s": time.perf_counter() - t0,
+                        "stream": stream is not None})
+    except Exception as e:  # report any start-up failure to rigd, then exit
+        send_msg(sock, {"event": "error", "error": f"{type(e).__name__}: {e}",
+                        "traceback": traceback.format_exc()})
+        time.sleep(0.2)
+        return 1
+    while True:
+        header, arrs = recv_msg(sock)
+        cmd = header.get("cmd")
+        try:
+            if cmd == "step":
+                if stream is None:
+                    raise RuntimeError("sidecar started without --stream")
+                send_msg(sock, {"ok": True, "k": header["k"]}, stream.step(int(header["k"]), arrs))
+            elif cmd == "run":
+                send_msg(sock, {"ok": True}, batch_run(doc, arrays, int(header["n_steps"]), arrs, args.hw))
+            elif cmd == "ping":
+                send_msg(sock, {"ok": True, "t": time.time()})
+            elif cmd == "stop":
+                send_msg(sock, {"ok": True, "bye": True})
+                break
+            else:
+                send_msg(sock, {"ok": False, "error": f"unknown command {cmd!r}"})
+        except Exception as e:
+            send_msg(sock, {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+    if stream is not None:
+        # the injectors block on an empty buffer, so a stop may never be served: give it 3 s
+        th = threading.Thread(target=stream.stop, daemon=True)
+        th.start()
+        th.join(3.0)
+    sock.close()
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--endpoint", required=True, help="ZeroMQ endpoint rigd bound (PAIR)")
+    ap.add_argument("--net", required=True, help="network file written by Network.save")
+    ap.add_argument("--stream", action="store_true", help="build and start the streaming instance")
+    ap.add_argument("--buffer", type=int, default=64, help="injector/extractor buffer (max steps in flight)")
+    ap.add_argument("--hw", action="store_true", help="Loihi2HwCfg instead of Loihi2SimCfg")
+    code = serve(ap.parse_args())
+    sys.stdout.flush()
+    os._exit(code)  # Lava's runtime threads may linger; rigd also ends our process group
+
+
+if __name__ == "__main__":
+    main()
