@@ -52,6 +52,7 @@ class TrialSet:
         correct: (n_trials,) bool, the mouse licked the instructed side.
         hemisphere: (n_units,) LEFT or RIGHT for each unit.
         provenance: where the trials come from (session ids, trial numbers, day, seed…).
+
     """
 
     counts: npt.NDArray[Any]
@@ -75,10 +76,10 @@ class TrialSet:
 
     def times_s(self) -> npt.NDArray[np.float64]:
         """Bin start times relative to the go cue."""
-        return self.t0_s + self.bin_s * np.arange(self.counts.shape[1])
+        return np.asarray(self.t0_s + self.bin_s * np.arange(self.counts.shape[1]), dtype=np.float64)
 
     def subset(self, idx: npt.NDArray[Any]) -> TrialSet:
-        """The trials selected by an index or mask (provenance notes the selection)."""
+        """Select trials by an index or mask (provenance notes the selection)."""
         sel = np.asarray(idx)
         trials = np.flatnonzero(sel) if sel.dtype == bool else sel
         prov = dict(self.provenance)

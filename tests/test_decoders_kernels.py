@@ -1,0 +1,46 @@
+"""Numba kernels against their numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from decoders import kernels
+
+
+def test_bin_events_matches_numpy_and_counts_drops():
+    rng = np.random.default_rng(0)
+    t = rng.uniform(-0.2, 1.2, 5000)
+    u = rng.integers(-1, 33, 5000)
+    out = np.zeros((100, 32), dtype=np.int64)
+    dropped = kernels.bin_events(t, u, 0.0, 0.01, out)
+    ref, ref_dropped = kernels.bin_events_numpy(t, u, 0.0, 0.01, 100, 32)
+    np.testing.assert_array_equal(out, ref)
+    assert dropped == ref_dropped > 0
+    assert out.sum() + dropped == 5000  # nothing lost silently
+
+
+@pytest.mark.parametrize("n_win", [1, 4, 35])
+def test_windowed_sums_match_cumsum(n_win):
+    c = np.random.default_rng(1).poisson(2.0, (5, 35, 7)).astype(np.uint8)
+    out = np.empty(c.shape)
+    kernels.windowed_sums(c, n_win, out)
+    np.testing.assert_allclose(out, kernels.windowed_sums_numpy(c, n_win))
+
+
+def test_window_project_step_equals_numpy_window():
+    rng = np.random.default_rng(2)
+    n, k, n_win = 50, 2, 4
+    W = rng.normal(size=(k, n))
+    W[0, 25:] = 0
+    W[1, :25] = 0
+    lo, hi = np.array([0, 25]), np.array([25, 50])
+    frames = rng.poisson(1.0, (20, n)).astype(np.uint8)
+    ring, acc, st = np.zeros((n_win, k)), np.zeros(k), np.zeros(2, np.int64)
+    off, comb, out = np.array([0.3, -0.2]), np.array([1.0, 1.0, 0.0]), np.zeros(k + 2)
+    for i in range(20):
+        v = kernels.window_project_step(W, lo, hi, frames[i], ring, acc, st, off, comb, out, 1 / 0.01, 0.5)
+        ref = kernels.window_project_numpy(W, frames[max(0, i - n_win + 1): i + 1].astype(float), 0.01, off)
+        np.testing.assert_allclose(out[:k], ref, rtol=1e-12, atol=1e-9)
+        assert v == pytest.approx(ref.sum())
+        assert out[k + 1] == pytest.approx(1 / (1 + np.exp(-0.5 * ref.sum())))
