@@ -306,13 +306,15 @@ class ModularityProbe:
         light_fraction: fraction of trials photoinhibited (permuted blocks of 4 → 25 %).
         ci_width: stop once the 95 % bootstrap CI of M is narrower than this (§7.4: 0.1).
         min_trials: trials per (light, instructed) group before M is estimated.
+        n_boot: bootstrap resamples.
+        update_every: re-estimate M and its CI every this many used trials (bootstrap cost).
         light: light settings (duration incl. ramp).
         seed: random seed.
 
     """
 
     def __init__(self, *, perturb: Side = "left", onset_s: float = -1.7, light_fraction: float = 0.25,
-                 ci_width: float = 0.1, min_trials: int = 5, n_boot: int = 1000,
+                 ci_width: float = 0.1, min_trials: int = 5, n_boot: int = 1000, update_every: int = 5,
                  light: LightSettings | None = None, seed: int = 0) -> None:
         self.perturb: Side = perturb
         self.read: Side = _other(perturb)
@@ -323,6 +325,7 @@ class ModularityProbe:
         self.target_ci_width = ci_width
         self.min_trials = min_trials
         self.n_boot = n_boot
+        self.update_every = update_every
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._block: list[bool] = []
@@ -385,7 +388,7 @@ class ModularityProbe:
             lights = np.array(self._lights)
             instr = np.array(self._instructed)
             counts = [int(((lights == lt) & (instr == y)).sum()) for lt in (False, True) for y in (1, -1)]
-            if min(counts) >= self.min_trials:
+            if min(counts) >= self.min_trials and len(self._values) % self.update_every == 0:
                 self.estimate = modularity_with_ci(np.array(self._values), instr, lights, n_boot=self.n_boot,
                                                    seed=self.seed + len(self._values))
                 self.done = self.estimate.ci_width < self.target_ci_width

@@ -559,6 +559,11 @@ class ProtocolBuilder:
         self._d.setdefault("window", {}).update(kw)
         return self
 
+    def session(self, **kw: Any) -> ProtocolBuilder:
+        """Session facts (n_trials, trial_period_s, expects_delay_s, …)."""
+        self._d.setdefault("session", {}).update(kw)
+        return self
+
     def control(self, fraction: float, name: str = "control") -> ProtocolBuilder:
         """Add control trials."""
         self._d["conditions"].append({"name": name, "fraction": fraction})
