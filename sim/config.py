@@ -1,0 +1,155 @@
+"""Parameters of one simulated mouse: task timing, bilateral ALM model, spiking layer, light, drift.
+
+This module owns :class:`MouseConfig`, the single validated boundary of the simulator. Every
+number has its unit in its name and its source in a comment (science.md section and tag). The
+model code downstream trusts these values and never re-validates them. It must not import
+sockets, clocks or anything of ``rig`` beyond nothing at all: it is pure configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class MouseConfig(BaseModel):
+    """One simulated mouse (and session day). Units are in the field names.
+
+    Defaults reproduce the §5.A/§5.D tables of science.md (a μ = 0.6 mouse, ≈ 0.81 correct).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- bilateral ALM, reduced model (science.md §5.A, [D, sim]) -----------------------------
+    model: Literal["reduced", "rnn"] = "reduced"
+    mu_left: float = Field(default=0.6, ge=0.0, le=1.0, description="modularity μ_L: w = μW, J = (1-μ)W")
+    mu_right: float = Field(default=0.6, ge=0.0, le=1.0, description="modularity μ_R")
+    callosotomy: bool = False  #: J_h = 0 (Li 2016 ED Fig. 10 callosotomy)
+    sensory_gain_left: float = Field(default=1.0, ge=0.0, le=5.0)  #: s_L, asymmetry knob
+    sensory_gain_right: float = Field(default=1.0, ge=0.0, le=5.0)  #: s_R
+    tau_s: float = Field(default=0.10, gt=0.0, le=2.0)  #: τ, recovery t90 ≈ 0.2 s [sim]
+    recurrence_w: float = Field(default=1.6, gt=0.0, le=10.0)  #: W, bistable from early delay
+    gain_g0: float = Field(default=0.5, ge=0.0, le=10.0)  #: G0 before sample onset
+    gain_g1: float = Field(default=2.2, ge=0.0, le=10.0)  #: G1 at the go cue
+    noise_sigma: float = Field(default=0.12, ge=0.0, le=5.0)  #: σ, private noise per hemisphere
+    sensory_amp: float = Field(default=0.6, ge=0.0, le=10.0)  #: A_s
+    sensory_noise_sigma: float = Field(default=1.1, ge=0.0, le=10.0)  #: σ_s, shared per trial
+    eps_max: float = Field(default=0.9, ge=0.0, le=1.0)  #: cap of latent silencing (§5.A table)
+
+    # -- behaviour readout (science.md §5.D) ---------------------------------------------------
+    readout_kappa: float = Field(default=3.0, ge=0.0)  #: κ, non-selective output → contralateral licking
+    readout_sigma: float = Field(default=0.8, ge=0.0)  #: σ_D
+    readout_window_s: float = Field(default=0.3, gt=0.0, le=1.7)  #: last 300 ms of the delay
+    lapse: float = Field(default=0.02, ge=0.0, le=1.0)  #: P(choice replaced by a fair coin)
+    rt_offset_s: float = Field(default=0.073, ge=0.0, le=1.0)  #: shifted gamma, YANG22 tertiles
+    rt_shape: float = Field(default=1.25, gt=0.0)
+    rt_scale_s: float = Field(default=0.0397, gt=0.0)
+    early_lick_prob: float = Field(default=0.02, ge=0.0, le=1.0)  #: P(trial aborted by an early lick)
+    ignore_prob: float = Field(default=0.0, ge=0.0, le=1.0)  #: P(no lick in the response window)
+
+    # -- task timing (science.md §1.1) ---------------------------------------------------------
+    presample_s: float = Field(default=0.5, ge=0.0, le=10.0)
+    sample_s: float = Field(default=1.3, gt=0.0, le=10.0)
+    delay_s: float = Field(default=1.7, gt=0.0, le=10.0)
+    go_cue_s: float = Field(default=0.1, gt=0.0, le=1.0)
+    response_window_s: float = Field(default=1.5, gt=0.0, le=10.0)
+    reward_consumption_s: float = Field(default=1.0, ge=0.0, le=10.0)  #: after a hit, before trial end
+    error_timeout_s: float = Field(default=2.0, ge=0.0, le=10.0)  #: YANG22 2–6 s; short default [D]
+    early_lick_alarm_s: float = Field(default=0.05, ge=0.0, le=1.0)
+    early_lick_timeout_s: tuple[float, float] = (1.0, 1.2)
+    iti_s: tuple[float, float] = (3.0, 5.0)  #: uniform range, [D] science.md §1.1
+
+    # -- spiking layer (science.md §5.C) -------------------------------------------------------
+    units_per_hemisphere: int = Field(default=40, ge=1, le=20_000)
+    fs_fraction: float = Field(default=0.08, ge=0.0, le=0.5)  #: fast-spiking units, light-excited
+    stim_fraction: float = Field(default=0.15, ge=0.0, le=1.0)  #: stimulus-coding minority (δ ≠ 0)
+    baseline_median_hz: float = Field(default=5.0, gt=0.0, le=200.0)
+    baseline_sigma_log: float = Field(default=0.8, ge=0.0, le=3.0)
+    fs_baseline_median_hz: float = Field(default=15.0, gt=0.0, le=200.0)
+    choice_loading_mean: float = Field(default=0.12, ge=-2.0, le=2.0)  #: contra bias of β
+    choice_loading_sd: float = Field(default=0.35, ge=0.0, le=3.0)
+    ramp_loading_mean: float = Field(default=0.15)
+    ramp_loading_sd: float = Field(default=0.3, ge=0.0)
+    stim_loading_sd: float = Field(default=0.4, ge=0.0)
+    x_ref: float = Field(default=2.5, gt=0.0)
+    shared_gain_sd: float = Field(default=0.1, ge=0.0, le=2.0)  #: per trial, per hemisphere log-gain
+    fs_light_gain: tuple[float, float] = (2.0, 4.0)  #: FS rate × (2–4) in light
+
+    # -- photoinhibition physiology (science.md §3.2) ------------------------------------------
+    p50_mw: float = Field(default=0.3, gt=0.0)  #: Hill fit: ε(P) = P^n/(P^n + P50^n)
+    hill_n: float = Field(default=2.71, gt=0.0)
+    light_sigma_mm: float = Field(default=0.88, gt=0.0)  #: g(d) = exp(-d²/2σ²)
+    silencing_latency_s: float = Field(default=0.015, ge=0.0, le=0.2)  #: pyramidal silencing onset
+    rebound_max: float = Field(default=0.5, ge=0.0, le=2.0)  #: ρ at or above the reference dose
+    rebound_ref_dose_mj: float = Field(default=7.0, gt=0.0)  #: 7 mW × 1 s (LI19 Fig. 12)
+    rebound_tau_s: float = Field(default=0.2, gt=0.0)
+    max_power_mw: float = Field(default=10.0, gt=0.0)  #: the rig refuses (INVALID) above this
+    max_light_s: float = Field(default=5.0, gt=0.0)  #: the rig refuses longer commands
+    watchdog_s: float = Field(default=0.5, gt=0.0)  #: no rigd heartbeat for this long → light off
+
+    # -- time grid -----------------------------------------------------------------------------
+    bin_s: float = Field(default=0.001, gt=0.0, le=1.0)  #: live spike-count bin
+    model_dt_s: float = Field(default=0.005, gt=0.0, le=0.1)  #: Euler step of the latent model
+
+    # -- drift across sessions (science.md §5.E) -----------------------------------------------
+    day: int = Field(default=0, ge=0, le=10_000)
+    tau_drift_days: float = Field(default=11.0, gt=0.0)
+
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("early_lick_timeout_s", "iti_s", "fs_light_gain")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not (0.0 <= lo <= hi) or not math.isfinite(hi):
+            raise ValueError(f"expected a range (low, high) with 0 <= low <= high, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _grid(self) -> MouseConfig:
+        ratio = self.model_dt_s / self.bin_s
+        if self.bin_s > self.model_dt_s or abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(
+                f"model_dt_s ({self.model_dt_s}) must be a whole multiple of bin_s ({self.bin_s}); "
+                f"e.g. bin_s=0.001 with model_dt_s=0.005")
+        if self.iti_s[0] < 0.2:
+            raise ValueError(f"iti_s low end must be >= 0.2 s, got {self.iti_s}")
+        if self.model == "rnn":
+            raise ValueError("model='rnn' (science.md §5.B) is not available in this build; "
+                             "use model='reduced'")
+        return self
+
+    # -- derived quantities ----------------------------------------------------------------------
+
+    @property
+    def bins_per_step(self) -> int:
+        """Spike-count bins per latent-model step."""
+        return round(self.model_dt_s / self.bin_s)
+
+    @property
+    def trial_t0_s(self) -> float:
+        """Start of the latent trial clock relative to the go cue (−3.5 s for the 1.7-s delay)."""
+        return -(self.presample_s + self.sample_s + self.delay_s)
+
+    @property
+    def t_sample_s(self) -> float:
+        """Sample onset relative to the go cue."""
+        return -(self.sample_s + self.delay_s)
+
+    @property
+    def t_delay_s(self) -> float:
+        """Delay onset relative to the go cue."""
+        return -self.delay_s
+
+    @classmethod
+    def from_json_file(cls, path: str | Path, **overrides: Any) -> MouseConfig:
+        """Load a config from a JSON file; ``overrides`` (not None) win over the file."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of MouseConfig fields")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)

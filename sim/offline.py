@@ -1,0 +1,298 @@
+"""Offline generation: whole batches of trials at once, through the live mouse's model code.
+
+This module owns the vectorised trial loop: it steps the §5.A latent model (:func:`sim.alm.step`)
+for a batch of trials, applies light through :mod:`sim.light` with the same onset latency, reads
+out choices with :func:`sim.behaviour.decide`, and (for :func:`generate_trialset`) turns rates from
+:class:`sim.population.RateModel` into Poisson counts. The live :class:`sim.mouse.SimulatedMouse`
+runs the same functions with a batch of one, so offline statistics are live statistics. Trials
+here are complete trials (early-lick trials are excluded from analyses anyway, science.md §1.1).
+No clock and no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from decoders.base import LEFT, RIGHT, TrialSet
+from sim import alm, behaviour, light
+from sim.config import MouseConfig
+from sim.drift import units_for_day
+from sim.population import RateModel, Units
+
+FloatArray = npt.NDArray[np.float64]
+Condition = Literal["control", "left", "right", "bilateral"]
+CONDITIONS: tuple[Condition, ...] = ("control", "left", "right", "bilateral")
+
+_TRIAL_STREAM = 11
+_SPIKE_STREAM = 12
+
+
+@dataclass(frozen=True, slots=True)
+class LightWindow:
+    """Photoinhibition of one condition, times from the go cue.
+
+    ``t_off_s`` is the end of the light *including* the linear ramp-down (science.md §5.F: for
+    −1.7…−0.9 s, L = 1 to −1.0 s, then 0 at −0.9 s).
+    """
+
+    hemisphere: Literal["left", "right", "bilateral"]
+    t_on_s: float = -1.7
+    t_off_s: float = -0.9
+    ramp_down_s: float = 0.1
+    power_mw: float = 1.5
+    spots: int = 0b1111  #: mask of lit spots in each lit hemisphere
+
+    @property
+    def spots_left(self) -> int:
+        """Spot mask of the left hemisphere."""
+        return self.spots if self.hemisphere in ("left", "bilateral") else 0
+
+    @property
+    def spots_right(self) -> int:
+        """Spot mask of the right hemisphere."""
+        return self.spots if self.hemisphere in ("right", "bilateral") else 0
+
+
+def light_for(condition: Condition, t_on_s: float = -1.7, t_off_s: float = -0.9,
+              ramp_down_s: float = 0.1, power_mw: float = 1.5) -> LightWindow | None:
+    """The light of a condition ("control" → None)."""
+    if condition == "control":
+        return None
+    return LightWindow(condition, t_on_s, t_off_s, ramp_down_s, power_mw)
+
+
+@dataclass
+class LatentRun:
+    """Latent trajectories and behaviour of a batch of trials.
+
+    Attributes:
+        t_s: (n_steps,) time at the end of each model step, from the go cue.
+        x_left, x_right: (n_trials, n_steps) float32 latent states, or empty when not kept.
+        eps_left, eps_right: (n_steps,) silencing ε_h applied in each step (after the latency).
+        instructed, choice: (n_trials,) ±1.
+        correct: choice == instructed.
+        reaction_time_s: (n_trials,) first-lick latency.
+        xbar_left, xbar_right: readout-window means (§5.D).
+
+    """
+
+    t_s: FloatArray
+    x_left: npt.NDArray[np.float32]
+    x_right: npt.NDArray[np.float32]
+    eps_left: FloatArray
+    eps_right: FloatArray
+    instructed: npt.NDArray[np.int8]
+    choice: npt.NDArray[np.int8]
+    correct: npt.NDArray[np.bool_]
+    reaction_time_s: FloatArray
+    xbar_left: FloatArray
+    xbar_right: FloatArray
+    config: MouseConfig
+    light: LightWindow | None
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction correct over all trials."""
+        return float(np.mean(self.correct))
+
+
+def _unit_positions(units: Units | None) -> tuple[FloatArray, FloatArray]:
+    if units is None:
+        return np.zeros(0), np.zeros(0)
+    return units.ap_mm, units.ml_mm
+
+
+def _simulate(c: MouseConfig, n: int, rng: np.random.Generator, light_w: LightWindow | None,
+              instructed: npt.NDArray[np.int8] | None, keep: bool, units: Units | None,
+              spike_rng: np.random.Generator | None, bin_s: float, t_start_s: float,
+              t_end_s: float) -> tuple[LatentRun, npt.NDArray[np.uint16] | None]:
+    p = alm.ALMParams.from_config(c)
+    dt = c.model_dt_s
+    t0 = c.trial_t0_s
+    n_go = round(-t0 / dt)  # steps from trial start to the go cue
+    n_steps = max(n_go, round((t_end_s - t0) / dt))
+    n_ro = round(c.readout_window_s / dt)
+    lat = c.silencing_latency_s
+
+    y = (instructed if instructed is not None
+         else np.where(rng.random(n) < 0.5, 1, -1)).astype(np.int8)
+    evidence = y + c.sensory_noise_sigma * rng.standard_normal(n)
+
+    # light: per-step ε of each hemisphere (latent) and per-unit efficacy (spiking layer)
+    ap, ml = _unit_positions(units)
+    t_start_k: FloatArray = t0 + dt * np.arange(n_steps, dtype=np.float64)
+    eps = np.zeros((2, n_steps))
+    lvl_now = np.zeros((2, n_steps))
+    lvl_del = np.zeros((2, n_steps))
+    eff: light.Efficacy | None = None
+    rho = np.zeros(2)
+    if light_w is not None:
+        eff = light.efficacy(c, light_w.power_mw, light_w.spots_left, light_w.spots_right, ap, ml)
+        env_now = light.envelope(t_start_k, light_w.t_on_s, light_w.t_off_s, light_w.ramp_down_s)
+        env_del = light.silencing_envelope(t_start_k, light_w.t_on_s, light_w.t_off_s,
+                                           light_w.ramp_down_s, lat)
+        lit = np.array([light_w.spots_left > 0 or eff.hemisphere[0] > 0,
+                        light_w.spots_right > 0 or eff.hemisphere[1] > 0])
+        on_s = (light_w.t_off_s - light_w.t_on_s) - 0.5 * light_w.ramp_down_s
+        for h in (0, 1):
+            if lit[h]:
+                eps[h] = eff.hemisphere[h] * env_del
+                lvl_now[h] = env_now
+                lvl_del[h] = env_del
+                rho[h] = light.rebound_amplitude(c, light_w.power_mw, on_s,
+                                                 float(eff.hemisphere_uncapped[h]))
+
+    x_l = np.zeros(n)
+    x_r = np.zeros(n)
+    xs_l = np.zeros((n, n_steps), dtype=np.float32) if keep else np.zeros((0, 0), np.float32)
+    xs_r = np.zeros((n, n_steps), dtype=np.float32) if keep else np.zeros((0, 0), np.float32)
+    acc_l = np.zeros(n)
+    acc_r = np.zeros(n)
+
+    # spiking layer
+    counts: npt.NDArray[np.uint16] | None = None
+    rates_model: RateModel | None = None
+    steps_per_bin = round(bin_s / dt)
+    k_first = round((t_start_s - t0) / dt)
+    if units is not None:
+        rates_model = RateModel(c, units)
+        n_bins = (n_steps - k_first) // steps_per_bin
+        counts = np.zeros((n, n_bins, units.n), dtype=np.uint16)
+        buf = np.empty((n, units.n))
+        expected = np.zeros((n, units.n))
+        sd = c.shared_gain_sd
+        log_gain = (sd * rng.standard_normal((n, 2)) - 0.5 * sd * sd) if sd > 0 else None
+        stim_y = y.astype(np.float64)
+
+    for k in range(n_steps):
+        t = float(t_start_k[k])
+        noise = rng.standard_normal((2, n))
+        alm.step(p, x_l, x_r, t, evidence, eps[0, k], eps[1, k], noise[0], noise[1])
+        if keep:
+            xs_l[:, k] = x_l
+            xs_r[:, k] = x_r
+        if n_go - n_ro <= k < n_go:
+            acc_l += x_l
+            acc_r += x_r
+        if rates_model is not None and counts is not None and k >= k_first:
+            reb = np.array([light.rebound_gain(t - light_w.t_off_s, float(rho[h]),
+                                               c.rebound_tau_s) if light_w is not None else 1.0
+                            for h in (0, 1)])
+            mult = rates_model.light_multiplier(None if eff is None else eff.unit, lvl_del[:, k],
+                                                lvl_now[:, k], reb)
+            rates_model.rates(buf, x_l, x_r, alm.ramp_mode(p, t),
+                              stim_y if alm.in_sample(p, t) else None, log_gain, mult)
+            expected += buf * dt
+            b, r = divmod(k - k_first + 1, steps_per_bin)
+            if r == 0 and b - 1 < counts.shape[1]:
+                assert spike_rng is not None
+                counts[:, b - 1, :] = np.minimum(spike_rng.poisson(expected), 65535)
+                expected[:] = 0.0
+
+    xbar_l = acc_l / n_ro
+    xbar_r = acc_r / n_ro
+    a_l = 1.0 - float(np.mean(eps[0, n_go - n_ro:n_go]))
+    a_r = 1.0 - float(np.mean(eps[1, n_go - n_ro:n_go]))
+    choice = behaviour.decide(c, xbar_l, xbar_r, np.full(n, a_l), np.full(n, a_r),
+                              rng.standard_normal(n), rng.random(n), rng.random(n))
+    rt = behaviour.reaction_time_s(c, rng, n)
+    run = LatentRun(t_s=t_start_k + dt, x_left=xs_l, x_right=xs_r, eps_left=eps[0], eps_right=eps[1],
+                    instructed=y, choice=choice, correct=choice == y, reaction_time_s=rt,
+                    xbar_left=xbar_l, xbar_right=xbar_r, config=c, light=light_w)
+    return run, counts
+
+
+def run_latent(n_trials: int, seed: int, *, config: MouseConfig | None = None,
+               light: LightWindow | None = None, instructed: npt.NDArray[np.int8] | None = None,
+               keep_trajectories: bool = True) -> LatentRun:
+    """Run the latent model and readout for ``n_trials`` trials of one condition (to the go cue).
+
+    Instructed sides are drawn 50/50 unless given. All trials share the light window.
+    """
+    c = config or MouseConfig()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _TRIAL_STREAM]))
+    run, _ = _simulate(c, n_trials, rng, light, instructed, keep_trajectories, None, None,
+                       c.model_dt_s, c.trial_t0_s, 0.0)
+    return run
+
+
+def run_conditions(n_per_condition: int, seed: int, *, config: MouseConfig | None = None,
+                   t_on_s: float = -1.7, t_off_s: float = -0.9, ramp_down_s: float = 0.1,
+                   power_mw: float = 1.5, conditions: tuple[Condition, ...] = CONDITIONS,
+                   keep_trajectories: bool = True) -> dict[Condition, LatentRun]:
+    """Control / left / right / bilateral photoinhibition in one light window (default early delay).
+
+    Every condition uses the same random numbers (instructed sides, sensory noise, private noise,
+    readout noise): common random numbers, so condition differences are the light's alone and
+    ratios such as M_h have a far smaller variance than with independent streams.
+    """
+    out: dict[Condition, LatentRun] = {}
+    for cond in CONDITIONS:
+        if cond in conditions:
+            out[cond] = run_latent(n_per_condition, seed, config=config,
+                                   light=light_for(cond, t_on_s, t_off_s, ramp_down_s, power_mw),
+                                   keep_trajectories=keep_trajectories)
+    return out
+
+
+def generate_trialset(
+    n_trials: int,
+    seed: int,
+    *,
+    config: MouseConfig | None = None,
+    units_per_hemisphere: int = 40,
+    day: int = 0,
+    tau_drift_days: float = 11.0,
+    bin_s: float = 0.1,
+    light: LightWindow | None = None,
+    session: int = 0,
+    t_start_s: float | None = None,
+    t_end_s: float = 0.0,
+) -> TrialSet:
+    """A labelled session of mouse ``seed`` on ``day``: counts aligned to the go cue.
+
+    The units are those of :func:`sim.drift.units_for_day` (same seed and day → same units);
+    ``session`` picks an independent session of trials with those units. Without ``config`` a
+    default :class:`MouseConfig` is used; ``units_per_hemisphere``, ``day`` and ``tau_drift_days``
+    override the config's values when they differ from their defaults. Bins run from
+    ``t_start_s`` (default: trial start, −3.5 s for the 1.7-s delay) to ``t_end_s`` and must be a
+    whole number of model steps.
+    """
+    c = config or MouseConfig(seed=seed)
+    upd: dict[str, Any] = {}
+    if config is None or units_per_hemisphere != 40:
+        upd["units_per_hemisphere"] = units_per_hemisphere
+    if config is None or day != 0:
+        upd["day"] = day
+    if config is None or tau_drift_days != 11.0:
+        upd["tau_drift_days"] = tau_drift_days
+    c = MouseConfig(**{**c.model_dump(), **upd})
+    ratio = bin_s / c.model_dt_s
+    if abs(ratio - round(ratio)) > 1e-6 or ratio < 1:
+        raise ValueError(f"bin_s={bin_s} must be a whole multiple of model_dt_s={c.model_dt_s}")
+    t_start = c.trial_t0_s if t_start_s is None else t_start_s
+    if not c.trial_t0_s <= t_start < t_end_s:
+        raise ValueError(f"need trial start {c.trial_t0_s} <= t_start_s {t_start} < t_end_s {t_end_s}")
+    units = units_for_day(c, seed, c.day, c.tau_drift_days)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _TRIAL_STREAM, c.day, session]))
+    spk = np.random.default_rng(np.random.SeedSequence([seed, _SPIKE_STREAM, c.day, session]))
+    run, counts = _simulate(c, n_trials, rng, light, None, False, units, spk, bin_s, t_start, t_end_s)
+    assert counts is not None
+    hemi = np.where(units.hemisphere == 0, LEFT, RIGHT).astype(np.int8)
+    return TrialSet(
+        counts=counts, bin_s=bin_s, t0_s=t_start, choice=run.choice, instructed=run.instructed,
+        correct=run.correct, hemisphere=hemi,
+        provenance={"source": "sim.offline.generate_trialset", "seed": seed, "session": session,
+                    "day": c.day, "tau_drift_days": c.tau_drift_days,
+                    "fs_units": [int(i) for i in np.flatnonzero(units.is_fs)],
+                    "light": None if light is None else {
+                        "hemisphere": light.hemisphere, "t_on_s": light.t_on_s,
+                        "t_off_s": light.t_off_s, "ramp_down_s": light.ramp_down_s,
+                        "power_mw": light.power_mw, "spots": light.spots},
+                    "early_lick_trials": "not generated (excluded from analyses, science.md §1.1)",
+                    "config": c.model_dump(mode="json"),
+                    "trials": list(range(n_trials))})
