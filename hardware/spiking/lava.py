@@ -199,6 +199,17 @@ class LavaBackend:
             rec.u[p.name] = self._last_arrays[f"u/{p.name}"].copy()
         return rec
 
+    def load(self, net: Network, timeout_s: float = 30.0) -> None:
+        """Replace the network of a batch-only backend (``stream=False``): one sidecar, many networks."""
+        if self.stream:
+            raise RuntimeError("load() needs LavaBackend(stream=False); a streaming sidecar serves one network")
+        self.net = net
+        self._in_names = [i.name for i in net.inputs]
+        self._out = {o.name: np.zeros(net.population(o.population).size, np.bool_) for o in net.outputs}
+        self.net_path = net.save(Path(self._tmp.name) / f"network-{time.monotonic_ns()}.npz")
+        _send(self._sock, {"cmd": "load", "path": str(self.net_path)})
+        self._check(self._wait(timeout_s, "load"))
+
     def ping(self, timeout_s: float = 5.0) -> float:
         """Round trip of an empty request, seconds."""
         t0 = time.perf_counter()

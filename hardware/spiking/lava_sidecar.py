@@ -22,7 +22,8 @@ Wire: a ``zmq.PAIR`` socket connected to ``--endpoint``; every message is multip
 The sidecar first sends ``{"event": "ready", ...}`` (or ``{"event": "error", "error": ...}``).
 Requests: ``{"cmd": "step", "k": k}`` + one (k, size) frame per input port (network order) →
 one (k, size) uint8 frame per output port; ``{"cmd": "run", "n_steps": n}`` + one frame per input
-port → frames ``spikes/<pop>``, ``v/<pop>``, ``u/<pop>``; ``{"cmd": "ping"}``; ``{"cmd": "stop"}``.
+port → frames ``spikes/<pop>``, ``v/<pop>``, ``u/<pop>``; ``{"cmd": "load", "path": p}`` (batch-only
+sidecars: replace the network); ``{"cmd": "ping"}``; ``{"cmd": "stop"}``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,27 @@ def load_network(path: str) -> ty.Tuple[dict, ty.List[dict]]:
     return doc, conns
 
 
+def components(doc: dict) -> ty.List[ty.Set[str]]:
+    """Connected components of populations and input ports (by connections), in population order."""
+    parent = {p["name"]: p["name"] for p in doc["populations"]}
+    parent.update({i["name"]: i["name"] for i in doc["inputs"]})
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for c in doc["connections"]:
+        parent[find(c["source"])] = find(c["target"])
+    comps: ty.Dict[str, ty.Set[str]] = {}
+    for p in doc["populations"]:
+        comps.setdefault(find(p["name"]), set()).add(p["name"])
+    for i in doc["inputs"]:
+        comps.setdefault(find(i["name"]), set()).add(i["name"])
+    return [c for c in comps.values() if any(p["name"] in c for p in doc["populations"])]
+
+
 class Built:
     """The Lava processes of one instance of the network."""
 
@@ -135,15 +157,24 @@ def build(doc: dict, arrays: ty.List[dict], io: str, buffer_size: int = 64,
             b.sources[ip["name"]] = rb.s_out
     for name, lif in b.lifs.items():
         b.sources[name] = lif.s_out
-    if io == "stream" and not doc["inputs"]:
-        # a clock: without an input the network would free-run ahead of rigd
-        first = doc["populations"][0]
-        inj = Injector(shape=(1,), buffer_size=buffer_size)
-        clk = Dense(weights=np.zeros((first["size"], 1), dtype=np.int32 if fixed else np.float64))
-        inj.out_port.connect(clk.s_in)
-        clk.a_out.connect(b.lifs[first["name"]].a_in)
-        b.injectors["__clock__"] = inj
-        b.conns.append(clk)
+    # Lava compiles only the processes connected to the one ``run`` is called on, and a
+    # component without an injector would free-run ahead of rigd: link every component to one
+    # clock source through an all-zero Dense (adds nothing to any a_in).
+    comps = components(doc)
+    if len(comps) > 1 or (io == "stream" and not any(i["name"] in comps[0] for i in doc["inputs"])):
+        if io == "stream":
+            clock = Injector(shape=(1,), buffer_size=buffer_size)
+            b.injectors["__clock__"] = clock
+            clock_port = clock.out_port
+        else:
+            clock = RingBuffer(data=np.zeros((1, max(n_steps, 1)), dtype=np.int32 if fixed else np.float64))
+            clock_port = clock.s_out
+        for comp in comps:
+            first = next(p for p in doc["populations"] if p["name"] in comp)
+            link = Dense(weights=np.zeros((first["size"], 1), dtype=np.int32 if fixed else np.float64))
+            clock_port.connect(link.s_in)
+            link.a_out.connect(b.lifs[first["name"]].a_in)
+            b.conns.append(link)
     for c, a in zip(doc["connections"], arrays):
         n_pre, n_post = sizes[c["source"]], sizes[c["target"]]
         w = a["weight"].astype(np.int32) if fixed else a["weight"]
@@ -303,6 +334,11 @@ def serve(args: argparse.Namespace) -> int:
                 send_msg(sock, {"ok": True, "k": header["k"]}, stream.step(int(header["k"]), arrs))
             elif cmd == "run":
                 send_msg(sock, {"ok": True}, batch_run(doc, arrays, int(header["n_steps"]), arrs, args.hw))
+            elif cmd == "load":
+                if stream is not None:
+                    raise RuntimeError("load: a streaming sidecar serves one network; start another")
+                doc, arrays = load_network(header["path"])
+                send_msg(sock, {"ok": True})
             elif cmd == "ping":
                 send_msg(sock, {"ok": True, "t": time.time()})
             elif cmd == "stop":

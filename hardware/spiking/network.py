@@ -297,6 +297,28 @@ class Network(BaseModel):
         """Total synapses."""
         return sum(c.n_synapses for c in self.connections)
 
+    @classmethod
+    def union(cls, parts: list[tuple[str, Network]], name: str = "union") -> Network:
+        """Disjoint union of networks (same mode), every name prefixed with ``"<prefix>."``.
+
+        Running the union runs each part independently: one Lava build for many small networks.
+        """
+        modes = {n.mode for _, n in parts}
+        if len(modes) != 1:
+            raise ValueError(f"union needs one arithmetic mode, got {sorted(m.value for m in modes)}")
+        pops: list[Population] = []
+        ins: list[InputPort] = []
+        outs: list[OutputPort] = []
+        conns: list[Connection] = []
+        for pre, n in parts:
+            pops += [p.model_copy(update={"name": f"{pre}.{p.name}"}) for p in n.populations]
+            ins += [i.model_copy(update={"name": f"{pre}.{i.name}"}) for i in n.inputs]
+            outs += [o.model_copy(update={"name": f"{pre}.{o.name}", "population": f"{pre}.{o.population}"})
+                     for o in n.outputs]
+            conns += [c.model_copy(update={"name": f"{pre}.{c.name}", "source": f"{pre}.{c.source}",
+                                           "target": f"{pre}.{c.target}"}) for c in n.connections]
+        return cls(name=name, mode=modes.pop(), populations=pops, inputs=ins, outputs=outs, connections=conns)
+
     # ----- files ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write one ``.npz``: the JSON description under ``network.json`` plus each connection's arrays."""
