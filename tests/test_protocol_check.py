@@ -9,7 +9,13 @@ import pytest
 import yaml
 
 from controllers.policies import StateTriggered
-from controllers.protocol import ProtocolBuilder, build_controller, check_protocol, load_protocol, methods_text
+from controllers.protocol import (
+    ProtocolBuilder,
+    build_controller,
+    check_protocol,
+    load_protocol,
+    methods_text,
+)
 from controllers.schedulers import BlockScheduler
 from controllers.trial_state import TrialTracker
 from decoders.base import Estimate
