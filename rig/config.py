@@ -36,6 +36,8 @@ class ServiceConfig(BaseModel):
     #: decision budget from frame receipt to command on the wire; science.md §4.2 asks ≤ 10 ms p99
     deadline_ms: float = Field(10.0, gt=0, le=1000)
     decoder: str = "cd"
+    decoder_file: Path | None = Field(None, description="start with this fitted decoder (rigd decoder fit)")
+    publish_estimates: bool = Field(False, description="send every frame's estimate back to the rig")
     decoder_mode: Literal["freeze", "adaptive"] = "adaptive"
     n_fit_trials: int = Field(20, ge=4, le=10_000, description="control trials before the first fit")
     # simulated rig (science.md §5)
@@ -57,6 +59,15 @@ class ServiceConfig(BaseModel):
     def _mqtt_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("mqtt://", "tcp://")):
             raise ValueError(f"must look like mqtt://host:port, got {v!r}")
+        return v
+
+    @field_validator("decoder")
+    @classmethod
+    def _decoder_known(cls, v: str) -> str:
+        from decoders import registry
+
+        if v not in registry:
+            raise ValueError(f"unknown decoder {v!r}; expected one of {sorted(registry)}")
         return v
 
     @field_validator("rig_ids")

@@ -181,7 +181,8 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
 
 
 def _summarise(proto: Protocol, *, logs: list[dict[str, Any]], mouse: SimulatedMouse,
-               energy: dict[str, float], il: LightInterlock, alarms: list[dict[str, Any]], mode: str) -> DryRunResult:
+               energy: dict[str, float], il: LightInterlock, alarms: list[dict[str, Any]],
+               mode: str) -> DryRunResult:
     by_trial = {t["trial"]: t for t in mouse.trials}
     counts: dict[str, int] = defaultdict(int)
     hits: dict[str, list[int]] = defaultdict(list)

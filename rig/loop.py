@@ -76,11 +76,16 @@ class HotLoop:
     Args:
         ingest_endpoint / command_endpoint: endpoints to bind (``tcp://127.0.0.1:*`` picks a port).
         rig_ids: rig ids accepted; anything else is counted as ``unknown_rig``.
-        decoder, controller, tracker, interlock_factory: the pure parts, wired by the supervisor.
+        decoder_factory: builds the online decoder once a rig has described its units.
+        controller, tracker, interlock_factory: the pure parts, wired by the supervisor.
             ``interlock_factory(send)`` builds the interlock around a function that puts a packed
             light-command payload on the command socket; the loop never sees the light source.
         deadline_ns: decision budget from frame receipt; a later decision is dropped, never sent.
         on_alarm: called (from this thread) with every alarm dict; must be cheap and thread-safe.
+        publish_estimates: also send every frame's estimate back on the command socket
+            (DECODER_OUTPUT, float64 (8,): seq, t_rig_ns, cause t_send_ns, t_s, value,
+            confidence, left, right) for rigs that show or act on the decoded state; it also
+            gives the benchmark an end-to-end measurement on every single loop.
     """
 
     def __init__(
@@ -89,7 +94,7 @@ class HotLoop:
         ingest_endpoint: str,
         command_endpoint: str,
         rig_ids: set[int],
-        decoder: OnlineDecoder,
+        decoder_factory: Callable[[dict[str, Any]], OnlineDecoder],
         controller: Controller,
         tracker: TrialTracker,
         interlock_factory: Callable[[Callable[[bytes], None], Callable[[dict[str, Any]], None]],
@@ -101,6 +106,7 @@ class HotLoop:
         on_alarm: Callable[[dict[str, Any]], None] | None = None,
         on_trial: Callable[[dict[str, Any]], None] | None = None,
         context: zmq.Context[Any] | None = None,
+        publish_estimates: bool = False,
     ) -> None:
         self.ctx = context or zmq.Context.instance()
         self.sub = self.ctx.socket(zmq.SUB)
@@ -115,7 +121,9 @@ class HotLoop:
         self.command_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.rig_ids = set(rig_ids)
         self.rigs: dict[int, RigInfo] = {}
-        self.decoder = decoder
+        self.decoder_factory = decoder_factory
+        self.decoder: OnlineDecoder | None = None
+        self._no_estimate = Estimate()
         self.controller = controller
         self.tracker = tracker
         self.recorder = recorder
@@ -132,12 +140,16 @@ class HotLoop:
         self._stopped = threading.Event()
         self._dec_buf = np.zeros((DECODER_CHUNK, len(DECODER_FIELDS)), dtype=np.float64)
         self._dec_n = 0
+        self.publish_estimates = publish_estimates
+        self._est_out = np.zeros(8, dtype=np.float64)
+        self._est_seq = 0
         self._books: dict[int, TrialBook] = {}
         self._sent_commands: dict[int, tuple[int, dict[str, Any]]] = {}
         self.trials_done = 0
         self.frames = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rigd-fit")
         self._fit_future: concurrent.futures.Future[Any] | None = None
+        self._fit_decoder: OnlineDecoder | None = None
         self.thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -178,7 +190,7 @@ class HotLoop:
                     if time.monotonic_ns() >= next_hb:
                         break
         finally:
-            self.interlock.all_off("session end")
+            self.interlock.all_off("session end", now_ns=time.monotonic_ns())
             self._flush_decoder_outputs()
             self.sub.close()
             self.pub.close()
@@ -221,7 +233,11 @@ class HotLoop:
 
     def _alarm(self, alarm: dict[str, Any]) -> None:
         now = time.monotonic_ns()
-        alarm = {"t_local_ns": now, **alarm}
+        alarm = {"t_local_ns": now, "severity": "error", **alarm}
+        if "source" not in alarm:  # the interlock names the limit it enforced
+            alarm["source"] = "interlock" if "limit" in alarm else "rigd"
+        if "message" not in alarm:
+            alarm["message"] = str(alarm.get("reason", alarm.get("alarm", "")))
         self.counters.inc(f"alarms.{alarm.get('source', 'rigd')}")
         self.recorder.alarm(alarm, now)
         if self._on_alarm is not None:
@@ -309,6 +325,8 @@ class HotLoop:
                 return
             if rig is None or rig.description != desc:
                 self.recorder.put(hbuf, pbuf, t_recv)
+            if rig is None or rig.n_units != n_units:
+                self._new_decoder(desc)
             if rig is None:
                 self.rigs[h.rig_id] = RigInfo(h.rig_id, desc, n_units, t_recv, {h.stream_id: h.seq})
             else:
@@ -320,11 +338,25 @@ class HotLoop:
             self.counters.error("ingest", "kind", f"rigs may not send {kind.name}; expected "
                                 "SPIKE_COUNTS, SPIKE_EVENTS, RAW_SAMPLES, TRIAL_EVENT, LIGHT_ACK or HEARTBEAT")
 
+    def _new_decoder(self, desc: dict[str, Any]) -> None:
+        """A rig described (or re-described) its units: build a fresh online decoder for them."""
+        try:
+            self.decoder = self.decoder_factory(desc)
+        except (ValueError, TypeError, KeyError) as exc:
+            self.decoder = None
+            self._alarm({"source": "decoder", "severity": "error",
+                         "message": f"cannot build a decoder for rig description {desc}: {exc}"})
+            return
+        self._fit_future = None
+        self.recorder.log({"type": "decoder", "event": "created", "status": self.decoder.status()},
+                          time.monotonic_ns())
+
     def _on_counts(self, h: wire.Header, counts: np.ndarray[Any, Any], t_recv: int) -> None:
         """The per-frame chain."""
         t_parsed = time.monotonic_ns()
         state = self.tracker.on_frame(h.t_rig_ns)
-        est = self.decoder.step(counts, h.seq, state.t_s)
+        dec = self.decoder
+        est = dec.step(counts, h.seq, state.t_s) if dec is not None else self._no_estimate
         t_decoded = time.monotonic_ns()
         req = self.controller.step(state, est, h.t_rig_ns)
         t_controlled = time.monotonic_ns()
@@ -339,11 +371,14 @@ class HotLoop:
                 decision = self.interlock.request(
                     req, now_ns=t_controlled, cause_seq=h.seq, cause_t_rig_ns=h.t_rig_ns,
                     cause_t_send_ns=h.t_send_ns, deadline_rig_ns=h.t_rig_ns + self.deadline_ns)
-                t_sent = time.monotonic_ns()
                 if not decision.approved:
                     book = self._books.get(state.trial)
                     if book is not None:
                         book.refused.append(decision.reason)
+        if self.publish_estimates:
+            self._publish_estimate(h, est)
+        if req is not None or self.publish_estimates:
+            t_sent = time.monotonic_ns()
         self.telemetry.record(h.seq, t_recv, t_parsed, t_decoded, t_controlled, t_sent)
         self._record_estimate(h, est)
         if state.epoch == Epoch.DELAY and -0.35 < state.t_s <= 0.0:
@@ -351,6 +386,22 @@ class HotLoop:
             if book is not None:
                 book.cd_end_delay = (est.left, est.right)
         self.frames += 1
+
+    def _publish_estimate(self, h: wire.Header, est: Estimate) -> None:
+        o = self._est_out
+        o[0] = h.seq
+        o[1] = h.t_rig_ns
+        o[2] = h.t_send_ns
+        o[3] = est.t_s
+        o[4] = est.value
+        o[5] = est.confidence
+        o[6] = est.left
+        o[7] = est.right
+        hdr = wire.pack_header(wire.Kind.DECODER_OUTPUT, wire.DType.F64, (8,), rig_id=h.rig_id,
+                               stream_id=4, seq=self._est_seq, t_rig_ns=h.t_rig_ns,
+                               t_send_ns=time.monotonic_ns())
+        self._est_seq += 1
+        self.pub.send_multipart([hdr, o])
 
     def _record_estimate(self, h: wire.Header, est: Estimate) -> None:
         r = self._dec_buf[self._dec_n]
@@ -398,7 +449,8 @@ class HotLoop:
             self._books[trial] = TrialBook(trial, _SIDE.get(str(ev.get("instructed")), 0),
                                            t_start_rig_ns=t_rig_ns)
             self.tracker.on_event(ev, t_rig_ns)
-            self.decoder.on_trial_start(trial)
+            if self.decoder is not None:
+                self.decoder.on_trial_start(trial)
             self.interlock.on_trial_start(trial)
             return
         self.tracker.on_event(ev, t_rig_ns)
@@ -427,8 +479,9 @@ class HotLoop:
         perturbed = bool(book.light)
         correct = book.outcome == "hit"
         usable = (not perturbed) and (not book.early_lick) and book.choice != 0
-        self.decoder.on_trial_end(trial, book.choice, book.instructed, correct, usable)
-        self._submit_refit()
+        if self.decoder is not None and self.decoder.on_trial_end(
+                trial, book.choice, book.instructed, correct, usable):
+            self._submit_refit()
         condition = decision.get("condition") or (book.light.get("hemisphere") if perturbed else "control")
         summary: dict[str, Any] = {
             "type": "trial", "trial": trial,
@@ -451,11 +504,10 @@ class HotLoop:
     # -- decoder refits (worker thread) -------------------------------------------------------
 
     def _submit_refit(self) -> None:
-        if self._fit_future is not None:
+        if self._fit_future is not None or self.decoder is None:
             return
-        job = self.decoder.prepare_fit()
-        if job is not None:
-            self._fit_future = self._pool.submit(job)
+        self._fit_decoder = self.decoder
+        self._fit_future = self._pool.submit(self.decoder.prepare_fit())
 
     def _maybe_swap_decoder(self) -> None:
         fut = self._fit_future
@@ -468,9 +520,10 @@ class HotLoop:
             self.counters.inc("decoder.fit_errors")
             self._alarm({"source": "decoder", "severity": "warning", "message": f"decoder fit failed: {exc}"})
             return
-        report = self.decoder.swap(result)
-        if report is not None:
-            self.recorder.log({"type": "decoder_fit", **report}, time.monotonic_ns())
+        if self.decoder is not self._fit_decoder or self.decoder is None:
+            return  # the rig re-described itself meanwhile: this fit is for an old decoder
+        self.decoder.swap(result)
+        self.recorder.log({"type": "decoder_fit", "status": self.decoder.status()}, time.monotonic_ns())
 
 
 def _finite(x: float) -> float | None:

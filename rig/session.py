@@ -17,13 +17,14 @@ counts it. The reader stops cleanly at a torn final record and says how many byt
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,9 @@ class Recorder:
         self.written_records = 0
         self.written_bytes = 0
         self.max_lag_records = 0
-        self._seq = 0
+        self._seq = itertools.count()
+        self._taps: list[Callable[[wire.Header, memoryview, int], None]] = []
+        self.tap_errors = 0
         self._thread = threading.Thread(target=self._run, name="rigd-recorder", daemon=True)
         self._thread.start()
 
@@ -90,8 +93,7 @@ class Recorder:
     def put_message(self, kind: wire.Kind, payload: npt.NDArray[Any] | bytes | None,
                     t_local_ns: int, *, stream_id: int = 0, t_rig_ns: int = 0) -> bool:
         """Record a message rigd itself produces (alarms, logs, decoder outputs, telemetry)."""
-        seq = self._seq
-        self._seq += 1
+        seq = next(self._seq)
         h, p = wire.encode(kind, payload, rig_id=RIGD_RIG_ID, stream_id=stream_id, seq=seq,
                            t_rig_ns=t_rig_ns, t_send_ns=t_local_ns)
         return self.put(h, p, t_local_ns)
@@ -103,6 +105,14 @@ class Recorder:
     def alarm(self, obj: dict[str, Any], t_local_ns: int) -> bool:
         """Record an alarm."""
         return self.put_message(wire.Kind.ALARM, wire.json_bytes(obj), t_local_ns, stream_id=2)
+
+    def add_tap(self, fn: Callable[[wire.Header, memoryview, int], None]) -> None:
+        """Also hand every record, as it is written, to ``fn(header, payload, t_local_ns)``.
+
+        Taps run on the writer thread (never the hot path): the live view reads the session this
+        way. A tap that raises is counted and otherwise ignored.
+        """
+        self._taps.append(fn)
 
     @property
     def lag_records(self) -> int:
@@ -125,6 +135,8 @@ class Recorder:
             pb = p if isinstance(p, bytes | memoryview) else memoryview(p).cast("B")
             crc = zlib.crc32(pb, zlib.crc32(hb))
             parts.append(RECORD.pack(len(hb), len(pb), t, crc))
+            if self._taps:
+                self._tap(hb, pb, t)
             parts.append(hb)
             parts.append(pb)
             size += RECORD.size + len(hb) + len(pb)
@@ -133,6 +145,17 @@ class Recorder:
                 parts, size = [], 0
         self._write(parts)
         self.written_records += n
+
+    def _tap(self, hb: memoryview, pb: Any, t: int) -> None:
+        try:
+            h = wire.unpack_header(hb)
+        except wire.WireError:
+            return
+        for fn in self._taps:
+            try:
+                fn(h, memoryview(pb), t)
+            except Exception:
+                self.tap_errors += 1
 
     def _write(self, parts: list[bytes | memoryview]) -> None:
         if not parts:

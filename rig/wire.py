@@ -226,9 +226,25 @@ def payload_json(header: Header, payload: bytes | memoryview) -> dict[str, Any]:
     return obj
 
 
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite(obj.item())
+    return obj
+
+
 def json_bytes(obj: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON encoding used for JSON kinds."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    """Compact UTF-8 JSON encoding used for JSON kinds (strict JSON: nan/inf become null)."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError):
+        return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False,
+                          default=str).encode("utf-8")
 
 
 # --- light commands ------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""What the experimenter sees in the terminal: the start banner, live progress, the final summary.
+
+It owns per-condition trial statistics (fed with each trial summary) and their rendering with
+rich: a live table when stdout is a terminal, one plain line every few seconds otherwise (logs,
+CI). It reads the service's status; it never touches the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import sys
+from typing import Any, Protocol
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+
+class TrialStats:
+    """Outcome counts per condition (control, left, right, bilateral, …)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.by_condition: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+
+    def add(self, summary: dict[str, Any]) -> None:
+        """Count one finished trial."""
+        self.n += 1
+        c = self.by_condition[str(summary.get("condition") or "control")]
+        c["n"] += 1
+        c[str(summary.get("outcome", "unknown"))] += 1
+
+    def table(self) -> dict[str, dict[str, float]]:
+        """Per condition: trials, hits, errors, ignores, early licks, fraction correct (of licked)."""
+        out: dict[str, dict[str, float]] = {}
+        for cond, c in sorted(self.by_condition.items()):
+            licked = c["hit"] + c["error"]
+            out[cond] = {"n": c["n"], "hit": c["hit"], "error": c["error"], "ignore": c["ignore"],
+                         "early_lick": c["early_lick"],
+                         "correct": round(c["hit"] / licked, 4) if licked else math.nan}
+        return out
+
+
+class _Status(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+
+def _fmt_us(x: Any) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.0f} µs"
+
+
+def render(status: dict[str, Any]) -> Group:
+    """The live view of one status dict (also used for the final summary)."""
+    t = Table(title=None, expand=False)
+    for col in ("condition", "trials", "hit", "error", "early lick", "% correct"):
+        t.add_column(col, justify="right" if col != "condition" else "left")
+    for cond, row in status.get("outcomes", {}).items():
+        pct = row["correct"]
+        t.add_row(cond, str(int(row["n"])), str(int(row["hit"])), str(int(row["error"])),
+                  str(int(row["early_lick"])), "–" if math.isnan(pct) else f"{100 * pct:.0f} %")
+    lat = status.get("latency_us", {})
+    e2e, internal = lat.get("e2e", {}), lat.get("internal", {})
+    target = status.get("trials_target")
+    head = Text.assemble(
+        (f"{status.get('state', '?')}  ", "bold"),
+        f"trials {status.get('trials_done', 0)}" + (f"/{target}" if target else ""),
+        f"   frames {status.get('frames', 0)}",
+        f"   loop e2e p50 {_fmt_us(e2e.get('p50'))} p99 {_fmt_us(e2e.get('p99'))}",
+        f"   internal p50 {_fmt_us(internal.get('p50'))} p99 {_fmt_us(internal.get('p99'))}",
+    )
+    c = status.get("counters", {})
+    drops = c.get("recorder_dropped", 0) + c.get("late_decisions", 0) + c.get("ingest.missing_seq", 0)
+    alarms = status.get("alarms", 0)
+    tail = Text.assemble(
+        f"drops {drops}   input errors {status.get('errors', 0)}   ",
+        (f"alarms {alarms}", "bold red" if alarms else ""),
+        f"   decoder {status.get('decoder', {}).get('state', status.get('decoder', {}).get('ready', ''))}",
+    )
+    last = [Text(f"  ⚠ {a.get('source', '')}: {a.get('message', '')}", style="red")
+            for a in status.get("last_alarms", [])[-3:]]
+    return Group(head, t, tail, *last)
+
+
+class Progress:
+    """Start banner, live table (TTY) or periodic lines, and the final summary."""
+
+    def __init__(self, service: _Status, console: Console | None = None, live: bool | None = None) -> None:
+        self.service = service
+        self.console = console or Console()
+        self.live_enabled = sys.stdout.isatty() if live is None else live
+        self._live: Live | None = None
+
+    def banner(self, info: dict[str, Any]) -> None:
+        """Where everything is (printed once at start)."""
+        broker = "embedded broker" if info.get("embedded_broker") else "lab broker"
+        self.console.print(f"[bold]rigd[/bold] session {info['session_dir']}")
+        self.console.print(f"  MQTT      {info['mqtt']} ({broker}; topics rigd/{info['name']}/…)")
+        self.console.print(f"  ingest    {info['ingest']}   commands {info['command']}")
+        if info.get("ui"):
+            self.console.print(f"  live view {info['ui']}")
+
+    async def run(self) -> None:
+        """Refresh the live view at 2 Hz (or print a line every 5 s) until cancelled."""
+        if self.live_enabled:
+            self._live = Live(render(self.service.status()), console=self.console, refresh_per_second=4,
+                              transient=False)
+            self._live.start()
+            while True:
+                await asyncio.sleep(0.5)
+                self._live.update(render(self.service.status()))
+        else:
+            while True:
+                await asyncio.sleep(5.0)
+                s = self.service.status()
+                e2e = s["latency_us"]["e2e"]
+                self.console.print(f"trials {s['trials_done']}  frames {s['frames']}  e2e p50 "
+                                   f"{_fmt_us(e2e.get('p50'))} p99 {_fmt_us(e2e.get('p99'))}  "
+                                   f"errors {s['errors']}  alarms {s['alarms']}", highlight=False)
+
+    def close(self) -> None:
+        """Stop the live view."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

@@ -1,0 +1,398 @@
+"""The supervisor: runs one session from start to clean stop.
+
+It owns the lifetimes of everything a session needs and tears them down in reverse order:
+the session directory and recorder, the MQTT broker (embedded unless a lab broker is given) and
+the control plane, the hot loop thread with its sockets, the simulated rig process, the live
+view, the runtime file that ``rigd status``/``rigd stop`` find, and the terminal progress. It
+decides when the session ends (trials reached, duration, stop command, signal, rig gone) and
+writes the final manifest. It wires pure parts together; it computes nothing per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controllers.base import Controller
+from controllers.protocol import Protocol, build_controller, check_protocol, load_protocol
+from controllers.trial_state import TrialTracker
+from decoders.online import OnlineDecoder
+from decoders.base import LEFT, RIGHT
+from decoders import load as load_decoder
+from decoders import registry as decoder_registry
+from hardware.calibration import load_calibration
+from hardware.interlock import LightInterlock
+from hardware.light_source import WireLightSource
+from rig import wire
+from rig.broker import embedded_broker
+from rig.config import ServiceConfig, runtime_dir
+from rig.control_plane import ControlPlane
+from rig.errors import Counters
+from rig.loop import DECODER_FIELDS, HotLoop
+from rig.progress import Progress, TrialStats
+from rig.session import MANIFEST_NAME, Recorder, write_json_atomic
+from rig.telemetry import FIELDS as TELEMETRY_FIELDS
+from rig.telemetry import LoopTelemetry
+
+#: the protocol `rigd start` runs when none is given (science.md §7.1)
+DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "protocols" / "chen2021_early_delay.toml"
+PACKAGES = ("rigd", "numpy", "numba", "pyzmq", "aiomqtt", "amqtt", "pydantic", "pynwb", "torch")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def session_name(cfg: ServiceConfig) -> str:
+    """``YYYYmmdd-HHMMSS-<name>-<rig>-seed<seed>``, unique per start."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{cfg.name}-{cfg.rig}-seed{cfg.seed}"
+
+
+class Service:
+    """One running rigd session (built by :func:`run`)."""
+
+    def __init__(self, cfg: ServiceConfig, protocol: Protocol, directory: Path) -> None:
+        self.cfg = cfg
+        self.protocol = protocol
+        self.directory = directory
+        self.counters = Counters()
+        self.telemetry = LoopTelemetry()
+        self.recorder = Recorder(directory)
+        self.stats = TrialStats()
+        self.alarms: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        self.n_alarms = 0
+        self.stop_reason = ""
+        self.stop_event = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.started_wall = dt.datetime.now(dt.UTC).isoformat()
+        self.started_mono = time.monotonic()
+        self.mqtt_url = ""
+        self.ui_url = ""
+        self.sim_proc: asyncio.subprocess.Process | None = None
+        self.control: ControlPlane | None = None
+        self.state = "starting"
+        self.calibration = load_calibration(cfg.calibration)
+        self.controller: Controller = build_controller(protocol, seed=cfg.seed)
+        self.tracker = TrialTracker()
+        self.hot = HotLoop(
+            ingest_endpoint=cfg.ingest_endpoint, command_endpoint=cfg.command_endpoint,
+            rig_ids=set(cfg.rig_ids), decoder_factory=self._make_decoder, controller=self.controller,
+            tracker=self.tracker, interlock_factory=self._make_interlock, recorder=self.recorder,
+            telemetry=self.telemetry, counters=self.counters, deadline_ns=int(cfg.deadline_ms * 1e6),
+            on_alarm=self._alarm_from_thread, on_trial=self._trial_from_thread,
+            publish_estimates=cfg.publish_estimates)
+
+    def _make_decoder(self, desc: dict[str, Any]) -> OnlineDecoder:
+        """The online decoder for a rig's units (left hemisphere first, per the wire protocol)."""
+        n = int(desc["n_units"])
+        n_left = int(desc.get("units_left", n // 2))
+        hemisphere = np.where(np.arange(n) < n_left, LEFT, RIGHT).astype(np.int8)
+        cls = decoder_registry[self.cfg.decoder]
+        online = OnlineDecoder(cls, n_units=n, hemisphere=hemisphere,
+                             bin_s=float(desc.get("bin_s", self.cfg.bin_ms * 1e-3)),
+                             n_fit_trials=self.cfg.n_fit_trials, mode=self.cfg.decoder_mode,
+                             inline_fit=False, provenance={"session": self.directory.name,
+                                                           "day": self.cfg.day, "seed": self.cfg.seed})
+        if self.cfg.decoder_file is not None:
+            online.swap(load_decoder(self.cfg.decoder_file))
+        return online
+
+    def decoder_status(self) -> dict[str, Any]:
+        """The serving decoder's status (or why there is none yet)."""
+        d = self.hot.decoder
+        return d.status() if d is not None else {"decoder": self.cfg.decoder, "ready": False,
+                                                  "state": "waiting for a rig description"}
+
+    def _make_interlock(self, send: Callable[[bytes], None],
+                        on_alarm: Callable[[dict[str, Any]], None]) -> LightInterlock:
+        return LightInterlock(self.calibration.safety_limits(), WireLightSource(send), on_alarm)
+
+    # -- callbacks from the hot thread: hand over to the event loop ---------------------------
+
+    def _alarm_from_thread(self, alarm: dict[str, Any]) -> None:
+        self.loop.call_soon_threadsafe(self._alarm, alarm)
+
+    def _alarm(self, alarm: dict[str, Any]) -> None:
+        self.alarms.append(alarm)
+        self.n_alarms += 1
+        if self.control is not None:
+            self.control.alarm(alarm)
+
+    def _trial_from_thread(self, summary: dict[str, Any]) -> None:
+        self.loop.call_soon_threadsafe(self._trial, summary)
+
+    def _trial(self, summary: dict[str, Any]) -> None:
+        self.stats.add(summary)
+        if self.cfg.trials is not None and self.stats.n >= self.cfg.trials:
+            self.request_stop(f"{self.cfg.trials} trials done")
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the session to end (idempotent; the first reason wins)."""
+        if not self.stop_reason:
+            self.stop_reason = reason
+        self.stop_event.set()
+
+    # -- status -------------------------------------------------------------------------------
+
+    def telemetry_summary(self) -> dict[str, Any]:
+        """Latency summary (µs) — stages, internal, end to end — with deadline misses."""
+        return self.telemetry.summary(deadline_us=self.cfg.deadline_ms * 1e3)
+
+    def counter_snapshot(self) -> dict[str, int]:
+        """Every counter, including recorder and interlock ones."""
+        c = self.counters.snapshot()
+        c.update(self.recorder.counters())
+        c["frames"] = self.hot.frames
+        return c
+
+    def status(self) -> dict[str, Any]:
+        """The status published on MQTT, shown by ``rigd status`` and stored in the manifest."""
+        lat = self.telemetry_summary()
+        return {
+            "state": self.state, "name": self.cfg.name, "pid": os.getpid(), "rig": self.cfg.rig,
+            "session_dir": str(self.directory), "started": self.started_wall,
+            "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            "trials_done": self.stats.n, "trials_target": self.cfg.trials,
+            "outcomes": self.stats.table(), "frames": self.hot.frames,
+            "latency_us": {"e2e": lat["e2e"], "internal": lat["internal"],
+                           "internal_commanded": lat["internal_commanded"]},
+            "counters": self.counter_snapshot(), "errors": self.counters.total_errors(),
+            "alarms": self.n_alarms, "last_alarms": list(self.alarms)[-5:],
+            "decoder": self.decoder_status(), "interlock": self.hot.interlock.status(),
+            "protocol": {"name": self.protocol.name, "sha256": self.protocol.sha256},
+            "mqtt": self.mqtt_url, "ui": self.ui_url,
+            "endpoints": {"ingest": self.hot.ingest_endpoint, "command": self.hot.command_endpoint},
+            "rigs": {str(k): v.description for k, v in self.hot.rigs.items()},
+        }
+
+    def manifest(self) -> dict[str, Any]:
+        """The session manifest (rewritten atomically at start, every few seconds and at stop)."""
+        return {
+            "format": "rigd-session", "format_version": 1, "wire_version": wire.VERSION,
+            "config": json.loads(self.cfg.model_dump_json()),
+            "protocol": {"name": self.protocol.name, "text": self.protocol.text,
+                         "sha256": self.protocol.sha256, "path": self.protocol.path},
+            "seeds": {"service": self.cfg.seed, "sim": self.cfg.seed},
+            "versions": _versions(), "host": platform.node(), "started": self.started_wall,
+            "stopped": None if self.state != "stopped" else dt.datetime.now(dt.UTC).isoformat(),
+            "stop_reason": self.stop_reason, "state": self.state,
+            "counters": self.counter_snapshot(), "latency_us": self.telemetry_summary(),
+            "trials_done": self.stats.n, "outcomes": self.stats.table(),
+            "decoder": self.decoder_status(), "interlock": self.hot.interlock.status(),
+            "calibration": self.calibration.model_dump(mode="json"),
+            "telemetry_fields": list(TELEMETRY_FIELDS), "decoder_fields": list(DECODER_FIELDS),
+            "rigs": {str(k): v.description for k, v in self.hot.rigs.items()},
+        }
+
+    def write_manifest(self) -> None:
+        """Atomically rewrite manifest.json."""
+        write_json_atomic(self.directory / MANIFEST_NAME, self.manifest())
+
+    # -- command handling (control plane) -----------------------------------------------------
+
+    async def on_command(self, verb: str, payload: bytes) -> dict[str, Any] | None:
+        """Handle ``cmd/<verb>`` from MQTT."""
+        if verb == "stop":
+            self.request_stop("stop command (MQTT)")
+            return {"ok": True, "stopping": True}
+        if verb == "status":
+            if self.control is not None:
+                await self.control.publish_now("status", self.status(), retain=True)
+            return None
+        if verb == "protocol":
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                self.counters.error("mqtt", "encoding", "protocol payload is not UTF-8")
+                return {"ok": False, "errors": ["protocol payload is not UTF-8 text"]}
+            result = check_protocol(text, self.calibration.safety_limits())
+            errors = [str(i) for i in result.errors]
+            if not result.ok:
+                self.counters.error("mqtt", "protocol_invalid", "; ".join(errors))
+            return {"ok": result.ok, "errors": errors, "report": result.report(),
+                    "note": "checked only: a running session keeps its protocol; start a new session "
+                            "with --protocol to run it"}
+        return None
+
+    # -- periodic work ------------------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        """1 Hz: fold telemetry, record it and error details, refresh the manifest."""
+        n = 0
+        while True:
+            await asyncio.sleep(1.0)
+            self.flush_telemetry()
+            n += 1
+            if n % 5 == 0:
+                await asyncio.to_thread(self.write_manifest)
+
+    def flush_telemetry(self) -> None:
+        """Move new telemetry rows and error details into the session."""
+        rows = self.telemetry.collect()
+        now = time.monotonic_ns()
+        if rows.size:
+            self.recorder.put_message(wire.Kind.TELEMETRY, rows, now)
+        for d in self.counters.pop_details():
+            self.recorder.log(d, now)
+        if rows.size:
+            self.recorder.log({"type": "telemetry", "latency_us": self.telemetry_summary(),
+                               "counters": self.counter_snapshot()}, now)
+
+    async def watch_sim(self) -> None:
+        """End the session if the simulated rig exits on its own."""
+        assert self.sim_proc is not None
+        rc = await self.sim_proc.wait()
+        await asyncio.sleep(0.5)  # let its last messages arrive
+        if rc != 0:
+            self._alarm({"source": "sim", "severity": "error",
+                         "message": f"simulated rig exited with code {rc}"})
+        self.request_stop(f"simulated rig exited (code {rc})")
+
+    async def start_sim(self) -> None:
+        """Start the simulated rig as its own process, speaking the public wire protocol."""
+        c = self.cfg
+        args = [sys.executable, "-m", "sim.rig_process", "--ingest", self.hot.ingest_endpoint,
+                "--command", self.hot.command_endpoint, "--rig-id", str(c.rig_ids[0]),
+                "--seed", str(c.seed), "--mu-left", str(c.mu_left), "--mu-right", str(c.mu_right),
+                "--units-per-hemisphere", str(c.units_per_hemisphere), "--day", str(c.day),
+                "--bin-ms", str(c.bin_ms)]
+        if c.trials is not None:
+            args += ["--trials", str(c.trials)]
+        if c.iti_s is not None:
+            args += ["--iti-s", str(c.iti_s)]
+        if c.callosotomy:
+            args += ["--callosotomy"]
+        if c.model == "spiking":
+            args += ["--model", "spiking", "--backend", c.backend]
+        log_file = open(self.directory / "sim.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._sim_log = log_file
+        self.sim_proc = await asyncio.create_subprocess_exec(*args, stdout=log_file, stderr=log_file)
+
+    async def stop_sim(self) -> None:
+        """SIGTERM the simulated rig, then SIGKILL after 5 s."""
+        p = self.sim_proc
+        if p is None:
+            return
+        if p.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.terminate()
+            try:
+                await asyncio.wait_for(p.wait(), 5.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                await p.wait()
+        self._sim_log.close()
+
+
+@contextlib.contextmanager
+def runtime_file(name: str, info: dict[str, Any]) -> Any:
+    """Leave ``<runtime_dir>/<name>.json`` for ``rigd status``/``rigd stop`` while running."""
+    d = runtime_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{name}.json"
+    write_json_atomic(path, info)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.asynccontextmanager
+async def _broker(cfg: ServiceConfig) -> AsyncIterator[tuple[str, bool]]:
+    if cfg.mqtt:
+        yield cfg.mqtt, False
+    else:
+        async with embedded_broker(port=cfg.mqtt_port) as url:
+            yield url, True
+
+
+async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
+    """Run one session to its end; returns the final status (the summary printed at exit)."""
+    protocol = load_protocol(cfg.protocol or DEFAULT_PROTOCOL)
+    directory = (cfg.session_dir / session_name(cfg)).resolve()
+    directory.mkdir(parents=True, exist_ok=False)
+    svc = Service(cfg, protocol, directory)
+    progress = Progress(svc, console=console, live=cfg.live)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, svc.request_stop, f"signal {signal.Signals(sig).name}")
+    try:
+        async with _broker(cfg) as (mqtt_url, embedded):
+            svc.mqtt_url = mqtt_url
+            svc.control = ControlPlane(mqtt_url, cfg.name, svc.status, svc.telemetry_summary,
+                                       svc.on_command, svc.counters)
+            svc.control.set_session({"session_dir": str(directory), "started": svc.started_wall,
+                                     "protocol": protocol.name, "protocol_sha256": protocol.sha256})
+            svc.hot.start()
+            svc.write_manifest()
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(svc.control.run()), tg.create_task(svc.housekeeping())]
+                ui = None
+                if cfg.ui:
+                    from rig.live_view import LiveView
+
+                    ui = LiveView(svc, port=cfg.ui_port)
+                    svc.ui_url = await ui.start()
+                info = {"pid": os.getpid(), "name": cfg.name, "mqtt": mqtt_url, "embedded_broker": embedded,
+                        "session_dir": str(directory), "started": svc.started_wall, "ui": svc.ui_url,
+                        "ingest": svc.hot.ingest_endpoint, "command": svc.hot.command_endpoint}
+                with runtime_file(cfg.name, info):
+                    progress.banner(info)
+                    if cfg.rig == "sim":
+                        await svc.start_sim()
+                        tasks.append(tg.create_task(svc.watch_sim()))
+                    svc.state = "running"
+                    tasks.append(tg.create_task(progress.run()))
+                    try:
+                        if cfg.duration_s is not None:
+                            await asyncio.wait_for(svc.stop_event.wait(), cfg.duration_s)
+                        else:
+                            await svc.stop_event.wait()
+                    except TimeoutError:
+                        svc.request_stop(f"duration {cfg.duration_s} s reached")
+                    svc.state = "stopping"
+                    await svc.stop_sim()
+                    await asyncio.to_thread(svc.hot.stop)
+                    svc.flush_telemetry()
+                    svc.state = "stopped"
+                    final = svc.status()
+                    await svc.control.close(final)
+                    if ui is not None:
+                        await ui.stop()
+                    for t in tasks:
+                        t.cancel()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        svc.state = "stopped"
+        if svc.hot.thread is not None and svc.hot.thread.is_alive():
+            svc.hot.stop()
+        svc.recorder.close()
+        svc.write_manifest()
+        progress.close()
+    final = svc.status()
+    final["stop_reason"] = svc.stop_reason
+    return final
