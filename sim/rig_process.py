@@ -1,0 +1,253 @@
+"""The simulated rig as its own process: paces a :class:`~sim.mouse.SimulatedMouse` to wall time.
+
+This module owns the clock of the simulated rig. It maps the mouse's clock (0 at start) onto
+``time.monotonic_ns``, sleeps until each bin's end (busy-waiting the last ~200 µs), publishes one
+SPIKE_COUNTS message per bin, the trial events and heartbeats (≥ 2 Hz, with the rig description and
+its own timing slip), obeys light commands and acknowledges them, and runs the rig-side watchdog
+(no rigd heartbeat for 0.5 s → light off, ack WATCHDOG_OFF). It talks to rigd only through
+:class:`rig.client.RigClient`, exactly as a lab rig would, and imports nothing else of ``rig``
+except the wire types. It stops after ``--trials``/``--duration`` or on SIGTERM/SIGINT, sends a
+final heartbeat with ``"state": "stopped"``, closes its sockets and prints one JSON summary line.
+
+Usage::
+
+    python -m sim.rig_process --ingest tcp://127.0.0.1:5555 --command tcp://127.0.0.1:5556 \\
+        --rig-id 1 --seed 7 [--trials N] [--duration S] [--mu-left 0.6] [--mu-right 0.6] \\
+        [--units-per-hemisphere 40] [--day 0] [--bin-ms 1] [--config mouse.json] [--no-pace]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from rig import wire
+from rig.client import RigClient
+from sim.config import MouseConfig
+from sim.mouse import SimulatedMouse
+
+_NS = 1_000_000_000
+HEARTBEAT_PERIOD_S = 0.25  #: 4 Hz, twice the 2 Hz floor of docs/CONTRACTS.md
+_HIST_US = 10  #: slip histogram resolution (µs)
+_HIST_BINS = 20_000  #: up to 200 ms; larger slips land in the last bin
+
+
+class SlipStats:
+    """Timing slip of the paced loop (how late each bin went out), as a fixed histogram (O(1)/bin)."""
+
+    def __init__(self) -> None:
+        self.hist = np.zeros(_HIST_BINS, dtype=np.int64)
+        self.n = 0
+        self.max_ns = 0
+        self.late_1ms = 0
+
+    def add(self, slip_ns: int) -> None:
+        """Record one bin's slip (negative slips count as 0)."""
+        s = max(slip_ns, 0)
+        self.hist[min(s // (_HIST_US * 1000), _HIST_BINS - 1)] += 1
+        self.n += 1
+        self.max_ns = max(self.max_ns, s)
+        if s > 1_000_000:
+            self.late_1ms += 1
+
+    def percentile_ms(self, q: float) -> float:
+        """The q-th percentile in ms (upper edge of its histogram bin); 0 before any bin."""
+        if self.n == 0:
+            return 0.0
+        idx = int(np.searchsorted(np.cumsum(self.hist), q / 100.0 * self.n))
+        return (min(idx, _HIST_BINS - 1) + 1) * _HIST_US / 1000.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line interface (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m sim.rig_process", description=__doc__.split("\n")[0])
+    ap.add_argument("--ingest", required=True, help="rigd's ingest endpoint (rig PUB connects)")
+    ap.add_argument("--command", required=True, help="rigd's command endpoint (rig SUB connects)")
+    ap.add_argument("--rig-id", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="the mouse's identity")
+    ap.add_argument("--session", type=int, default=0, help="independent session of the same mouse/day")
+    ap.add_argument("--trials", type=int, default=None, help="stop after this many trials")
+    ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    ap.add_argument("--mu-left", type=float, default=None)
+    ap.add_argument("--mu-right", type=float, default=None)
+    ap.add_argument("--units-per-hemisphere", type=int, default=None)
+    ap.add_argument("--day", type=int, default=None)
+    ap.add_argument("--bin-ms", type=float, default=None)
+    ap.add_argument("--iti-s", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
+    ap.add_argument("--config", default=None, help="JSON file of MouseConfig fields")
+    ap.add_argument("--no-pace", action="store_true", help="run as fast as possible (no wall pacing)")
+    ap.add_argument("--spin-us", type=float, default=200.0, help="busy-wait this long before a deadline")
+    ap.add_argument("--connect-timeout", type=float, default=10.0)
+    return ap.parse_args(argv)
+
+
+def build_config(a: argparse.Namespace) -> MouseConfig:
+    """MouseConfig from --config plus the command-line overrides."""
+    over: dict[str, Any] = {"mu_left": a.mu_left, "mu_right": a.mu_right,
+                            "units_per_hemisphere": a.units_per_hemisphere, "day": a.day,
+                            "bin_s": None if a.bin_ms is None else a.bin_ms / 1000.0,
+                            "iti_s": None if a.iti_s is None else tuple(a.iti_s), "seed": a.seed}
+    if a.config:
+        return MouseConfig.from_json_file(a.config, **over)
+    return MouseConfig(**{k: v for k, v in over.items() if v is not None})
+
+
+def _shift_fields(fields: dict[str, Any], t0: int) -> dict[str, Any]:
+    """Mouse-clock times (``t_*_ns`` fields) onto the rig clock."""
+    return {k: (v + t0 if k.startswith("t_") and k.endswith("_ns") and isinstance(v, int) else v)
+            for k, v in fields.items()}
+
+
+class RigProcess:
+    """The paced loop around one mouse and one :class:`RigClient` (see the module docstring)."""
+
+    def __init__(self, mouse: SimulatedMouse, client: RigClient, *, pace: bool = True,
+                 spin_ns: int = 200_000, max_trials: int | None = None,
+                 max_duration_s: float | None = None) -> None:
+        self.mouse = mouse
+        self.client = client
+        self.pace = pace
+        self.spin_ns = spin_ns
+        self.max_trials = max_trials
+        self.max_duration_ns = None if max_duration_s is None else round(max_duration_s * _NS)
+        self.slip = SlipStats()
+        self.stop_requested = False
+        self.t0 = 0
+        self.acks: dict[str, int] = {s.name: 0 for s in wire.AckStatus}
+        self.commands = 0
+        self.trials_done = 0
+        self.bins = 0
+
+    def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        """Signal handler: finish the current bin and stop cleanly."""
+        self.stop_requested = True
+
+    def _now_rig(self) -> int:
+        """Now on the mouse's clock: wall time when paced, the mouse's own time otherwise."""
+        if not self.pace:
+            return self.mouse.t_rig_ns
+        return max(self.mouse.t_rig_ns, time.monotonic_ns() - self.t0)
+
+    def _wait_until(self, deadline_ns: int) -> int:
+        """Sleep until ``deadline_ns`` (monotonic), spinning the last ``spin_ns``; return now."""
+        now = time.monotonic_ns()
+        remaining = deadline_ns - now - self.spin_ns
+        if remaining > 0:
+            time.sleep(remaining / _NS)
+        now = time.monotonic_ns()
+        while now < deadline_ns:
+            now = time.monotonic_ns()
+        return now
+
+    def _heartbeat(self, state: str) -> None:
+        m = self.mouse
+        self.client.heartbeat(state=state, slip_p50_ms=self.slip.percentile_ms(50),
+                              slip_p99_ms=self.slip.percentile_ms(99),
+                              slip_max_ms=self.slip.max_ns / 1e6, bins=self.bins,
+                              trial=m.trial, trials_done=self.trials_done, light_on=m.light_on(),
+                              watchdog_trips=m.watchdog_trips)
+
+    def _ack(self, cmd: wire.LightCommandFields, status: wire.AckStatus, t_recv: int,
+             t_change: int) -> None:
+        self.acks[status.name] += 1
+        self.client.send_ack(cmd, status, t_recv + self.t0, t_change + self.t0 if t_change else 0)
+
+    def _handle_commands(self, commands: list[wire.LightCommandFields]) -> None:
+        m = self.mouse
+        for cmd in commands:
+            self.commands += 1
+            t_recv = self._now_rig()
+            local = dataclasses.replace(
+                cmd,
+                deadline_rig_ns=max(cmd.deadline_rig_ns - self.t0, 1) if cmd.deadline_rig_ns else 0,
+                t_start_rig_ns=max(cmd.t_start_rig_ns - self.t0, 0) if cmd.t_start_rig_ns else 0)
+            status, t_change = m.apply_light(local, t_recv)
+            self._ack(cmd, status, t_recv, t_change)
+
+    def run(self) -> dict[str, Any]:
+        """Connect, run until a stop condition, say goodbye; return the summary."""
+        m, client = self.mouse, self.client
+        client.connect()
+        self.t0 = time.monotonic_ns()
+        m.note_rigd_heartbeat(0)
+        next_hb = 0
+        hb_ns = round(HEARTBEAT_PERIOD_S * _NS)
+        wall_start = time.monotonic()
+        while not self.stop_requested:
+            out = m.step()
+            if self.pace:
+                now = self._wait_until(self.t0 + out.t_rig_ns)
+                self.slip.add(now - (self.t0 + out.t_rig_ns))
+            client.send_counts(out.counts, t_rig_ns=self.t0 + out.t_rig_ns)
+            self.bins += 1
+            for name, fields in out.events:
+                f = _shift_fields(fields, self.t0)
+                trial = int(f.pop("trial"))
+                t_ev = int(f.pop("t_rig_ns"))
+                client.send_event(name, trial, t_rig_ns=t_ev, **f)
+                if name == "trial_end":
+                    self.trials_done += 1
+            rec = client.poll(0)
+            if rec.heartbeats:
+                m.note_rigd_heartbeat(self._now_rig())
+            if rec.commands:
+                self._handle_commands(rec.commands)
+            t_now = self._now_rig()
+            off = m.watchdog(t_now)
+            if off is not None:
+                self._ack(off, wire.AckStatus.WATCHDOG_OFF, t_now, t_now)
+            if out.t_rig_ns >= next_hb:
+                self._heartbeat("running")
+                next_hb = out.t_rig_ns + hb_ns
+            if self.max_trials is not None and self.trials_done >= self.max_trials:
+                break
+            if self.max_duration_ns is not None and out.t_rig_ns >= self.max_duration_ns:
+                break
+        if m.light_on():
+            m.light.off(m.t_rig_ns)
+        self._heartbeat("stopped")
+        wall = time.monotonic() - wall_start
+        return {"rig_id": client.rig_id, "seed": m.seed, "day": m.config.day, "n_units": m.n_units,
+                "bin_s": m.config.bin_s, "paced": self.pace, "bins": self.bins,
+                "sim_s": m.t_rig_ns / _NS, "wall_s": wall, "trials": self.trials_done,
+                "slip_p50_ms": self.slip.percentile_ms(50), "slip_p99_ms": self.slip.percentile_ms(99),
+                "slip_max_ms": self.slip.max_ns / 1e6, "bins_late_over_1ms": self.slip.late_1ms,
+                "commands": self.commands, "acks": self.acks, "watchdog_trips": m.watchdog_trips,
+                "stopped_by_signal": self.stop_requested}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m sim.rig_process``."""
+    a = parse_args(argv)
+    try:
+        config = build_config(a)
+    except (ValueError, OSError) as exc:
+        print(json.dumps({"error": f"bad mouse configuration: {exc}"}), flush=True)
+        return 2
+    mouse = SimulatedMouse(config, a.seed, session=a.session)
+    client = RigClient(a.rig_id, a.ingest, a.command, description=mouse.description)
+    proc = RigProcess(mouse, client, pace=not a.no_pace, spin_ns=round(a.spin_us * 1000),
+                      max_trials=a.trials, max_duration_s=a.duration)
+    signal.signal(signal.SIGTERM, proc.request_stop)
+    signal.signal(signal.SIGINT, proc.request_stop)
+    try:
+        summary = proc.run()
+    except TimeoutError as exc:
+        print(json.dumps({"error": str(exc), "rig_id": a.rig_id}), flush=True)
+        client.close()
+        return 3
+    client.close()
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
