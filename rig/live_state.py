@@ -340,6 +340,15 @@ class LiveState:
     def _sec(self, t_ns: float) -> float:
         return round((t_ns - (self.t0_ns or 0)) / NS, 4)
 
+    @staticmethod
+    def _response_end(tr: dict[str, Any]) -> int | None:
+        go: int | None = tr["epochs"].get("response")
+        if go is None:
+            return None
+        end = go + int(RESPONSE_SHOWN_S * NS)
+        stop = int(tr.get("end", 0))
+        return min(end, stop) if stop > go else end
+
     def outcome_table(self) -> dict[str, dict[str, float | None]]:
         """Per condition: trials, hits, errors, ignores, early licks, fraction correct of licked."""
         out: dict[str, dict[str, float | None]] = {}
@@ -375,8 +384,7 @@ class LiveState:
                 e = tr["epochs"]
                 bounds = [("sample", e.get("sample"), e.get("delay")),
                           ("delay", e.get("delay"), e.get("response")),
-                          ("response", e.get("response"),
-                           e["response"] + int(RESPONSE_SHOWN_S * NS) if "response" in e else None)]
+                          ("response", e.get("response"), self._response_end(tr))]
                 for name, a, b in bounds:
                     if a is not None and b is not None and b >= lo_ns:
                         epochs.append({"trial": tr["trial"], "epoch": name, "t0": self._sec(a),

@@ -1,0 +1,364 @@
+"""The live view, end to end: recorder tap → LiveState → aiohttp SSE → a real headless Chromium.
+
+Chromium is Debian's ``chromium`` package (installed by ``scripts/setup --dev``), driven through
+its own DevTools protocol over a websocket (aiohttp's client): the test launches it headless with
+``--remote-debugging-port=0``, reads the port from ``DevToolsActivePort``, navigates to the page
+and evaluates DOM reads with ``Runtime.evaluate``. No browser is downloaded, nothing is mocked:
+real sockets, a real Recorder writing a real session directory, a real browser process.
+
+Two sources feed the page:
+* ``test_page_*``: a real Recorder written by a small publisher thread in the real wire format
+  (frames, events, decoder chunks, light commands/acks, an interlock refusal). It runs in a few
+  seconds and does not depend on the rest of the service.
+* ``test_rigd_start_sim_*``: a real ``rigd start --rig sim`` subprocess, whose calibration file
+  forbids the protocol's light power so that the interlock refuses and raises real alarms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from rig import wire
+from rig.live_state import Cursor, LiveState
+from rig.live_view import LiveView
+from rig.session import Recorder, Session
+from rig.telemetry import LoopTelemetry
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed (scripts/setup --dev installs it)")
+ARTIFACTS = Path(os.environ.get("RIGD_TEST_ARTIFACTS", tempfile.gettempdir())) / "rigd-live-view"
+NS = 1_000_000_000
+
+
+# -- a small real publisher writing the wire format into a real Recorder ------------------------
+
+class BenchService:
+    """The parts of rig.supervisor.Service the live view reads, around a real Recorder."""
+
+    def __init__(self, directory: Path) -> None:
+        self.recorder = Recorder(directory, flush_interval_s=0.05)
+        self.telemetry = LoopTelemetry()
+        self.state = "running"
+        self.trials = 0
+        self.frames = 0
+
+    def telemetry_summary(self) -> dict[str, Any]:
+        self.telemetry.collect()
+        return self.telemetry.summary(deadline_us=10_000.0)
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state, "name": "bench", "trials_done": self.trials, "frames": self.frames,
+                "counters": {"recorder_dropped": self.recorder.dropped, "late_decisions": 0},
+                "protocol": {"name": "bench", "sha256": "0" * 64}, "interlock": {}, "decoder": {}}
+
+
+class Publisher(threading.Thread):
+    """Short delay-task trials at 200 Hz frames: counts, events, decoder chunks, light, alarms."""
+
+    N_LEFT, N_RIGHT, BIN_NS = 40, 40, 5_000_000
+
+    def __init__(self, svc: BenchService, refuse_from_trial: int = 3) -> None:
+        super().__init__(daemon=True)
+        self.svc = svc
+        self.refuse_from_trial = refuse_from_trial
+        self.stop_flag = threading.Event()
+        self.rng = np.random.default_rng(1)
+        self.seq = 0
+
+    def _put(self, kind: wire.Kind, payload: Any, t: int, rig_id: int = 1, stream: int = 0) -> None:
+        h, p = wire.encode(kind, payload, rig_id=rig_id, stream_id=stream, seq=self.seq, t_rig_ns=t,
+                           t_send_ns=t)
+        self.seq += 1
+        self.svc.recorder.put(h, p, time.monotonic_ns())
+
+    def _event(self, t: int, **ev: Any) -> None:
+        self._put(wire.Kind.TRIAL_EVENT, wire.json_bytes(ev), t, stream=1)
+
+    def run(self) -> None:
+        rec, n = self.svc.recorder, self.N_LEFT + self.N_RIGHT
+        desc = {"rig": "bench", "n_units": n, "units_left": self.N_LEFT, "units_right": self.N_RIGHT,
+                "bin_s": 0.005}
+        self._put(wire.Kind.HEARTBEAT, wire.json_bytes(desc), time.monotonic_ns(), stream=3)
+        trial, cmd_id = 0, 0
+        while not self.stop_flag.is_set():
+            t_start = time.monotonic_ns()
+            # compressed trial: presample 0.1, sample 0.3, delay 0.4, response 0.3 s
+            t_sample, t_delay, t_go = t_start + NS // 10, t_start + 4 * NS // 10, t_start + 8 * NS // 10
+            side = "right" if trial % 2 else "left"
+            self._event(t_start, event="trial_start", trial=trial, instructed=side, delay_s=0.4,
+                        t_sample_ns=t_sample, t_delay_ns=t_delay, t_go_ns=t_go)
+            condition = ("control", "left", "right", "bilateral")[trial % 4]
+            light_done = condition == "control"
+            dec_rows: list[list[float]] = []
+            t_end = t_go + 3 * NS // 10
+            while (now := time.monotonic_ns()) < t_end and not self.stop_flag.is_set():
+                rate = 0.05 + 0.1 * (t_sample < now < t_go)
+                counts = self.rng.poisson(rate, n).astype(np.uint8)
+                self._put(wire.Kind.SPIKE_COUNTS, counts, now)
+                self.svc.frames += 1
+                t_s = (now - t_go) / NS
+                sign = 1.0 if side == "right" else -1.0
+                dec_rows.append([self.seq, now, t_s, sign * max(0.0, t_s + 0.7), 0.5,
+                                 sign * max(0.0, t_s + 0.7) + 0.1, sign * max(0.0, t_s + 0.7) - 0.1])
+                t0 = time.monotonic_ns()
+                self.svc.telemetry.record(self.seq, t0, t0 + 20_000, t0 + 60_000, t0 + 80_000, t0 + 90_000)
+                if not light_done and now >= t_delay:
+                    light_done = True
+                    if trial >= self.refuse_from_trial:
+                        rec.alarm({"alarm": "light_refused", "limit": "max_power_mw_per_spot",
+                                   "reason": "power 12 mW per spot exceeds the cap 10 mW", "value": 12.0,
+                                   "allowed": 10.0, "trial": trial, "condition": condition,
+                                   "t_local_ns": now}, now)
+                    else:
+                        spots_l = 0b1111 if condition in ("left", "bilateral") else 0
+                        spots_r = 0b1111 if condition in ("right", "bilateral") else 0
+                        cmd = wire.LightCommandFields(cmd_id, self.seq, now, now, now + 10_000_000, 0, trial,
+                                                      wire.LightAction.START, wire.Waveform.SINE, spots_l,
+                                                      spots_r, 1.5, 0.3, 0.1, 40.0)
+                        self._put(wire.Kind.LIGHT_COMMAND, cmd.pack(), now, stream=2)
+                        ack = wire.LightAckFields(cmd_id, self.seq, now, now + 300_000, now + 400_000,
+                                                  wire.AckStatus.APPLIED)
+                        self._put(wire.Kind.LIGHT_ACK, ack.pack(), now + 400_000, stream=2)
+                        self.svc.telemetry.add_e2e(400.0)
+                        cmd_id += 1
+                if len(dec_rows) >= 40:
+                    rec.put_message(wire.Kind.DECODER_OUTPUT, np.array(dec_rows), now)
+                    dec_rows = []
+                time.sleep(self.BIN_NS / NS)
+            self._event(t_go, event="go_cue", trial=trial)
+            choice = side if trial % 3 else ("left" if side == "right" else "right")
+            outcome = "hit" if choice == side else "error"
+            self._event(t_end, event="outcome", trial=trial, outcome=outcome, choice=choice,
+                        reaction_time_s=0.1)
+            self._event(t_end, event="trial_end", trial=trial)
+            rec.log({"type": "trial", "trial": trial, "instructed": side, "outcome": outcome,
+                     "choice": choice, "condition": condition, "light": None,
+                     "refused": ["max_power_mw_per_spot"] if trial >= self.refuse_from_trial and
+                     condition != "control" else []}, time.monotonic_ns())
+            self.svc.trials += 1
+            trial += 1
+
+
+# -- Chromium over the DevTools protocol --------------------------------------------------------
+
+class Browser:
+    """One headless Chromium page driven over the DevTools protocol."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self._id = 0
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        my = self._id
+        await self.ws.send_json({"id": my, "method": method, "params": params})
+        async with asyncio.timeout(30):
+            while True:
+                msg = await self.ws.receive_json()
+                if msg.get("id") == my:
+                    if "error" in msg:
+                        raise RuntimeError(f"{method}: {msg['error']}")
+                    result: dict[str, Any] = msg.get("result", {})
+                    return result
+
+    async def eval(self, expression: str) -> Any:
+        r = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout_s: float) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                v = await self.eval(expression)
+            except RuntimeError:  # the page is still loading
+                v = None
+            if v:
+                return v
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s} s waiting for {expression}")
+            await asyncio.sleep(0.2)
+
+    async def screenshot(self, path: Path) -> Path:
+        r = await self.call("Page.captureScreenshot", format="png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(r["data"]))
+        return path
+
+
+@contextlib.asynccontextmanager
+async def chromium(url: str) -> AsyncIterator[Browser]:
+    """Launch Debian's chromium headless on ``url`` and attach to its page."""
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: run scripts/setup --dev (apt-get install chromium)")
+    profile = tempfile.mkdtemp(prefix="rigd-chromium-")
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", "--hide-scrollbars", "--window-size=1400,1000", f"--user-data-dir={profile}",
+         "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chromium did not open its DevTools port (exit {proc.poll()})")
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as http:
+            page: dict[str, Any] | None = None
+            while page is None:
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    pages = [p for p in await r.json() if p.get("type") == "page"]
+                page = pages[0] if pages else None
+                if page is None:
+                    await asyncio.sleep(0.1)
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=64 * 1024 * 1024) as ws:
+                b = Browser(ws)
+                await b.call("Page.enable")
+                await b.call("Runtime.enable")
+                yield b
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def _int(b: Browser, element_id: str) -> int:
+    return int(await b.eval(f"parseInt(document.getElementById('{element_id}').textContent) || 0"))
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[tuple[BenchService, Publisher]]:
+    svc = BenchService(tmp_path / "session")
+    pub = Publisher(svc)
+    yield svc, pub
+    pub.stop_flag.set()
+    if pub.is_alive():
+        pub.join(5)
+    svc.recorder.close()
+
+
+async def test_live_state_follows_the_recorded_session(bench: tuple[BenchService, Publisher]) -> None:
+    svc, pub = bench
+    state = LiveState(window_s=5.0, column_s=0.02, max_rows_per_hemisphere=16)
+    svc.recorder.add_tap(state.on_record)
+    pub.start()
+    deadline = time.monotonic() + 15
+    while state.n_refusals == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    pub.stop_flag.set()
+    pub.join(5)
+    svc.recorder.close()
+    cur = Cursor()
+    snap = state.snapshot(cur)
+    # 80 units downsampled to 16 rows per hemisphere; every column sums its frames' spikes
+    assert (snap["raster"]["rows_left"], snap["raster"]["rows_right"]) == (16, 16)
+    cols = np.array(snap["raster"]["cols"])
+    assert cols.shape[1] == 32 and cols.shape[0] > 10
+    session = Session.open(svc.recorder.directory)
+    _, t, counts = session.counts()
+    assert state.frames == counts.shape[0]
+    # every raster column holds the spikes of exactly the recorded frames that end in it
+    assert state.t0_ns is not None
+    t_end = np.array(snap["raster"]["t"]) * NS + state.t0_ns
+    ring_ids = np.round(t_end / state.column_ns).astype(np.int64) - 1
+    in_ring = np.isin(t // state.column_ns, ring_ids)
+    c64 = counts.astype(np.int64)
+    assert cols[:, :16].sum() == c64[in_ring, :40].sum()  # left hemisphere rows ← units 0…39
+    assert cols[:, 16:].sum() == c64[in_ring, 40:].sum()
+    last = t // state.column_ns == ring_ids[-1]
+    assert cols[-1, 0] == c64[last, :3].sum()  # row 0 groups units 0, 1, 2 (40 units → 16 rows)
+    # a second snapshot with the same cursor sends nothing new
+    again = state.snapshot(cur)
+    assert again["raster"]["cols"] == [] and not again["raster"]["reset"]
+    # trials, outcomes, light bars, alarms
+    assert state.trials_done == len(session.trials()) >= 3
+    table = snap["outcomes"]
+    assert sum(int(r["n"]) for r in table.values()) == state.trials_done
+    assert state.light_commands == len(session.light_commands()) >= 1
+    assert state.n_refusals == len([a for a in session.alarms() if a.get("alarm") == "light_refused"]) >= 1
+    assert all(a["refusal"] for a in snap["alarms"])
+    assert snap["decoder"]["t"] and all(v is None or abs(v) < 10 for v in snap["decoder"]["left"])
+    assert state.errors == 0 and svc.recorder.tap_errors == 0
+
+
+async def test_refresh_rate_is_bounded() -> None:
+    class Dummy(BenchService):
+        pass
+
+    with tempfile.TemporaryDirectory() as d:
+        svc = Dummy(Path(d))
+        with pytest.raises(ValueError, match="refresh_hz"):
+            LiveView(svc, refresh_hz=30.0)
+        # a page gets at most refresh_hz updates per second
+        async with LiveView(svc, refresh_hz=10.0) as view, aiohttp.ClientSession() as http:
+            t0 = time.monotonic()
+            n = 0
+            async with http.get(view.url + "events") as r:
+                async for line in r.content:
+                    if line.startswith(b"data: "):
+                        n += 1
+                        json.loads(line[6:])
+                    if time.monotonic() - t0 > 1.5:
+                        break
+            elapsed = time.monotonic() - t0
+            assert 1 <= n <= 10 * elapsed + 2, (n, elapsed)
+        svc.recorder.close()
+
+
+@needs_chromium
+async def test_page_loads_updates_and_shows_refusal_in_red(bench: tuple[BenchService, Publisher]) -> None:
+    svc, pub = bench
+    pub.refuse_from_trial = 3
+    async with LiveView(svc, refresh_hz=5.0) as view:
+        assert view.url.startswith("http://127.0.0.1:")
+        pub.start()
+        async with chromium(view.url) as b:
+            await b.wait_for("document.getElementById('conn').textContent === 'live'", 20)
+            await b.wait_for("parseInt(document.getElementById('frames').textContent) > 0", 20)
+            frames1, updates1 = await _int(b, "frames"), await _int(b, "updates")
+            await asyncio.sleep(1.5)
+            frames2, updates2 = await _int(b, "frames"), await _int(b, "updates")
+            assert frames2 > frames1 and updates2 > updates1
+            # the refusal arrives as an alarm, drawn in red
+            await b.wait_for("document.querySelectorAll('#alarms li.refusal').length > 0", 20)
+            colour = await b.eval("getComputedStyle(document.querySelector('#alarms li.refusal')).color")
+            assert colour == "rgb(179, 38, 30)"
+            assert await _int(b, "alarm-count") >= 1
+            assert await _int(b, "trials-done") >= 3
+            rows = await b.eval("document.querySelectorAll('#outcomes tbody tr').length")
+            assert rows >= 3  # control, left, right (, bilateral)
+            # the raster canvas has ink (spikes were drawn)
+            ink = await b.eval("""(() => { const c = document.getElementById('raster');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; })()""")
+            assert ink > 1000
+            shot = await b.screenshot(ARTIFACTS / "bench.png")
+            assert shot.stat().st_size > 10_000
