@@ -14,10 +14,17 @@ from typing import Any
 from decoders.base import Decoder, Estimate, FitReport, TrialSet
 from decoders.coding_direction import ChoiceMode, CodingDirection
 from decoders.common import read_npz
+from decoders.gru import GRUDecoder
+from decoders.kalman import KalmanCD
+from decoders.linear import LDA, Logistic
 
 registry: dict[str, Any] = {
     "cd": CodingDirection,
     "cd_li": ChoiceMode,
+    "logistic": Logistic,
+    "lda": LDA,
+    "kalman": KalmanCD,
+    "gru": GRUDecoder,
 }
 
 
