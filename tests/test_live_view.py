@@ -22,7 +22,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -362,3 +364,59 @@ async def test_page_loads_updates_and_shows_refusal_in_red(bench: tuple[BenchSer
             assert ink > 1000
             shot = await b.screenshot(ARTIFACTS / "bench.png")
             assert shot.stat().st_size > 10_000
+
+
+@needs_chromium
+async def test_rigd_start_sim_live_view_updates_and_shows_interlock_refusal(tmp_path: Path) -> None:
+    """A real ``rigd start --rig sim``: the page updates while the session runs, and turns red when the
+    interlock refuses light. The calibration caps power at 1.0 mW per spot while the default protocol
+    asks 1.5 mW, so every photoinhibition trial is refused by the real interlock (real alarm path)."""
+    from hardware.calibration import DEFAULT_CALIBRATION
+
+    cal = tmp_path / "low_power_calibration.toml"
+    text = DEFAULT_CALIBRATION.read_text()
+    assert "max_power_mw_per_spot = 10.0" in text
+    cal.write_text(text.replace("max_power_mw_per_spot = 10.0", "max_power_mw_per_spot = 1.0"))
+    runtime = tmp_path / "runtime"
+    env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime), "PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "rigd.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rig.cli", "start", "--rig", "sim", "--trials", "8", "--name", "liveviewtest",
+         "--session-dir", str(tmp_path / "sessions"), "--calibration", str(cal), "--no-live", "--seed", "0"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        info_file = runtime / "liveviewtest.json"
+        deadline = time.monotonic() + 60
+        url = ""
+        while not url:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"rigd did not publish its live view URL:\n{(tmp_path / 'rigd.log').read_text()}")
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                url = json.loads(info_file.read_text()).get("ui", "")
+            await asyncio.sleep(0.2)
+        assert url.startswith("http://127.0.0.1:")
+        async with chromium(url) as b:
+            await b.wait_for("document.getElementById('state').textContent === 'running'", 30)
+            await b.wait_for("parseInt(document.getElementById('frames').textContent) > 0", 30)
+            frames1 = await _int(b, "frames")
+            await asyncio.sleep(2.0)
+            frames2 = await _int(b, "frames")
+            assert frames2 > frames1  # the simulated mouse streams 1 kHz frames
+            await b.wait_for("document.querySelectorAll('#alarms li.refusal').length > 0", 90)
+            assert "power_mw_per_spot" in await b.eval("document.querySelector('#alarms li.refusal').textContent")
+            await b.wait_for("parseInt(document.getElementById('trials-done').textContent) >= 1", 40)
+            await b.wait_for("document.querySelectorAll('#outcomes tbody tr').length >= 1", 5)
+            await b.screenshot(ARTIFACTS / "rigd-sim.png")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # rigd stops the session cleanly on SIGINT
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "rigd.log").read_text()
+    (session_dir,) = (tmp_path / "sessions").iterdir()
+    alarms = Session.open(session_dir).alarms()
+    assert any(a.get("alarm") == "light_refused" for a in alarms)
