@@ -74,7 +74,7 @@ def ramp_mode(p: ALMParams, t_s: float) -> float:
 
 
 def in_sample(p: ALMParams, t_s: float) -> bool:
-    """True during the sample epoch."""
+    """Return True during the sample epoch."""
     return p.t_sample_s <= t_s < p.t_delay_s
 
 
@@ -83,6 +83,7 @@ def step(
     x_left: FloatArray,
     x_right: FloatArray,
     t_s: float,
+    *,
     evidence: FloatArray,
     eps_left: FloatArray | float,
     eps_right: FloatArray | float,
@@ -93,12 +94,15 @@ def step(
 
     Args:
         p: model parameters.
-        x_left, x_right: latent states (batch,), updated in place.
+        x_left: left latent state (batch,), updated in place.
+        x_right: right latent state (batch,), updated in place.
         t_s: time at the start of the step, seconds from the go cue.
         evidence: per-trial y + η (instructed side ±1 plus the shared sensory noise); it drives
             the hemispheres only during the sample epoch, as u = A_s (y + η).
-        eps_left, eps_right: silencing ε_h at this step (already delayed by the onset latency).
-        noise_left, noise_right: standard-normal draws (batch,), one per hemisphere per step.
+        eps_left: silencing ε_L at this step (after the onset latency).
+        eps_right: silencing ε_R at this step.
+        noise_left: standard-normal draws (batch,) for the left hemisphere.
+        noise_right: standard-normal draws (batch,) for the right hemisphere.
 
     """
     G = ramp_gain(p, t_s)

@@ -57,8 +57,10 @@ def window_mean(values: FloatArray, t_s: FloatArray, window_s: tuple[float, floa
 
 def modularity(sel_other_silenced: FloatArray, sel_control: FloatArray, t_s: FloatArray,
                window_s: tuple[float, float] = PI_WINDOW_S) -> float:
-    """M_h: hemisphere h's mean selectivity while the *other* hemisphere is silenced, divided by
-    its mean control selectivity, both over the photoinhibition window (§2.5, §5.F).
+    """Compute the modularity M_h of a hemisphere (§2.5, §5.F).
+
+    Hemisphere h's mean selectivity while the *other* hemisphere is silenced, divided by its mean
+    control selectivity, both over the photoinhibition window.
     """
     return window_mean(sel_other_silenced, t_s, window_s) / window_mean(sel_control, t_s, window_s)
 
@@ -148,7 +150,7 @@ def performance(correct: npt.NDArray[np.bool_], z: float = 1.96) -> Performance:
 def performance_by_condition(correct: npt.NDArray[np.bool_], condition: npt.NDArray[np.str_],
                              instructed: npt.NDArray[np.int8] | None = None
                              ) -> dict[str, Performance]:
-    """Performance per condition label (and per instructed side as "cond/right", "cond/left").
+    """Compute performance per condition label (and per side as "cond/right", "cond/left").
 
     Uses every trial handed in; pass completed trials only (early-lick trials excluded, §1.1).
     """

@@ -16,17 +16,20 @@ from sim.config import MouseConfig
 FloatArray = npt.NDArray[np.float64]
 
 
-def decide(c: MouseConfig, xbar_left: FloatArray, xbar_right: FloatArray, active_left: FloatArray,
+def decide(c: MouseConfig, *, xbar_left: FloatArray, xbar_right: FloatArray, active_left: FloatArray,
            active_right: FloatArray, noise: FloatArray, lapse_u: FloatArray,
            coin_u: FloatArray) -> npt.NDArray[np.int8]:
     """Choices (+1 right, −1 left) from the readout window of each trial.
 
     Args:
         c: mouse config (κ, σ_D, lapse).
-        xbar_left, xbar_right: mean latent over the last ``readout_window_s`` of the delay.
-        active_left, active_right: a_h = 1 − mean ε_h over the same window.
+        xbar_left: mean x_L over the last ``readout_window_s`` of the delay.
+        xbar_right: mean x_R over the same window.
+        active_left: a_L = 1 − mean ε_L over the same window.
+        active_right: a_R = 1 − mean ε_R.
         noise: standard normal ξ per trial.
-        lapse_u, coin_u: uniforms in [0, 1) per trial for the lapse and its coin.
+        lapse_u: uniforms in [0, 1) per trial deciding the lapse.
+        coin_u: uniforms in [0, 1) per trial for the lapse's coin.
 
     """
     d = xbar_left + xbar_right + c.readout_kappa * (active_left - active_right) + c.readout_sigma * noise

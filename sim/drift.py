@@ -24,7 +24,7 @@ _UNITS_STREAM = 1
 _DRIFT_STREAM = 2
 
 
-def ou_step(value: FloatArray, mean: FloatArray, sd: FloatArray, delta_days: float,
+def ou_step(value: FloatArray, *, mean: FloatArray, sd: FloatArray, delta_days: float,
             tau_days: float, noise: FloatArray) -> FloatArray:
     """One OU transition over ``delta_days``: v' = m + ρ (v − m) + √(1 − ρ²) σ ξ (§5.E)."""
     rho = math.exp(-delta_days / tau_days)
@@ -34,7 +34,7 @@ def ou_step(value: FloatArray, mean: FloatArray, sd: FloatArray, delta_days: flo
 
 def units_for_day(config: MouseConfig, seed: int, day: int | None = None,
                   tau_drift_days: float | None = None) -> Units:
-    """The units of mouse ``seed`` on ``day`` (default: config.day), drifted from day 0.
+    """Return the units of mouse ``seed`` on ``day`` (default: config.day), drifted from day 0.
 
     Day 0 is drawn from the §5.C distributions; each later day applies one OU step of one day
     to β and ln b with a noise stream seeded by (seed, day).
@@ -48,6 +48,8 @@ def units_for_day(config: MouseConfig, seed: int, day: int | None = None,
     for k in range(1, d + 1):
         rng = np.random.default_rng(np.random.SeedSequence([seed, _DRIFT_STREAM, k]))
         xi = rng.standard_normal((2, units.n))
-        beta = ou_step(beta, units.beta_mean, units.beta_sd, 1.0, tau, xi[0])
-        log_b = ou_step(log_b, units.log_baseline_mean, units.log_baseline_sd, 1.0, tau, xi[1])
+        beta = ou_step(beta, mean=units.beta_mean, sd=units.beta_sd, delta_days=1.0, tau_days=tau,
+                       noise=xi[0])
+        log_b = ou_step(log_b, mean=units.log_baseline_mean, sd=units.log_baseline_sd, delta_days=1.0,
+                        tau_days=tau, noise=xi[1])
     return units.with_loadings(beta, log_b)

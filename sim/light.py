@@ -3,8 +3,9 @@
 This module owns what light does to ALM: the Hill dose–response ε(P), the Gaussian spatial
 spread g(d) from the four galvo spots of each hemisphere, the envelope of a commanded light
 program (plateau then linear ramp-down *inside* the commanded duration, §5.F), the ~15 ms
-pyramidal-silencing onset latency, FS-unit excitation and the post-offset rebound gain. It is pure: times are arguments (seconds or
-rig-clock nanoseconds); it never reads a clock and never touches a socket.
+pyramidal-silencing onset latency, FS-unit excitation and the post-offset rebound gain. It is
+pure: times are arguments (seconds or rig-clock nanoseconds); it never reads a clock and never
+touches a socket.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def spot_positions_mm(hemisphere: int, mask: int) -> list[tuple[float, float]]:
             for k, (dap, dml) in enumerate(SPOT_OFFSETS_MM) if mask >> k & 1]
 
 
-def effective_power_mw(ap_mm: FloatArray, ml_mm: FloatArray, power_mw: float, spots_left: int,
+def effective_power_mw(ap_mm: FloatArray, ml_mm: FloatArray, *, power_mw: float, spots_left: int,
                        spots_right: int, sigma_mm: float) -> FloatArray:
     """Σ over lit spots of P · g(d) at each position (Gaussian light efficacy, §3.2)."""
     out = np.zeros(np.shape(ap_mm), dtype=np.float64)
@@ -64,7 +65,7 @@ class Efficacy:
     unit: FloatArray  #: (n_units,) ε(P g(d_i)) at envelope 1
 
 
-def efficacy(c: MouseConfig, power_mw: float, spots_left: int, spots_right: int,
+def efficacy(c: MouseConfig, power_mw: float, *, spots_left: int, spots_right: int,
              unit_ap_mm: FloatArray, unit_ml_mm: FloatArray) -> Efficacy:
     """Silencing at full envelope for a power and spot masks (spatial spread included)."""
     hemi = np.zeros(2)
@@ -73,10 +74,11 @@ def efficacy(c: MouseConfig, power_mw: float, spots_left: int, spots_right: int,
         sign = -1.0 if h == 0 else 1.0
         ap = ALM_AP_MM + ga.ravel()
         ml = sign * (ALM_ML_MM + gm.ravel())
-        pe = effective_power_mw(ap, ml, power_mw, spots_left, spots_right, c.light_sigma_mm)
+        pe = effective_power_mw(ap, ml, power_mw=power_mw, spots_left=spots_left,
+                                spots_right=spots_right, sigma_mm=c.light_sigma_mm)
         hemi[h] = float(np.mean(dose_response(pe, c.p50_mw, c.hill_n)))
-    pe_u = effective_power_mw(unit_ap_mm, unit_ml_mm, power_mw, spots_left, spots_right,
-                              c.light_sigma_mm)
+    pe_u = effective_power_mw(unit_ap_mm, unit_ml_mm, power_mw=power_mw, spots_left=spots_left,
+                              spots_right=spots_right, sigma_mm=c.light_sigma_mm)
     return Efficacy(np.minimum(hemi, c.eps_max), hemi, dose_response(pe_u, c.p50_mw, c.hill_n))
 
 
@@ -85,10 +87,7 @@ def envelope(t_s: FloatArray | float, t_on_s: float, t_off_s: float, ramp_down_s
     t = np.asarray(t_s, dtype=np.float64)
     ramp = max(min(ramp_down_s, t_off_s - t_on_s), 0.0)
     t_ramp = t_off_s - ramp
-    if ramp > 0.0:
-        down = np.clip((t_off_s - t) / ramp, 0.0, 1.0)
-    else:
-        down = (t < t_off_s).astype(np.float64)
+    down = np.clip((t_off_s - t) / ramp, 0.0, 1.0) if ramp > 0.0 else (t < t_off_s).astype(np.float64)
     return np.where(t < t_on_s, 0.0, np.where(t < t_ramp, 1.0, down))
 
 
@@ -147,7 +146,7 @@ class LightProgram:
         return self.level(t_ns) if t_ns >= self.t_on_ns + latency_ns else 0.0
 
     def is_on(self, t_ns: int) -> bool:
-        """True while the envelope is (or is scheduled to become) non-zero at or after ``t_ns``."""
+        """Return True while the envelope is (or will become) non-zero at or after ``t_ns``."""
         return self.t_off_ns > t_ns and self.power_mw > 0.0
 
     def ramp_down(self, t_ns: int, ramp_ns: int) -> None:

@@ -197,8 +197,9 @@ class SimulatedMouse:
         ramp = round(cmd.ramp_down_s * _NS)
         key = (float(cmd.power_mw_per_spot), cmd.spots_left, cmd.spots_right)
         if key not in self._eff_cache:
-            self._eff_cache[key] = light.efficacy(c, key[0], key[1], key[2], self.units.ap_mm,
-                                                  self.units.ml_mm)
+            self._eff_cache[key] = light.efficacy(c, key[0], spots_left=key[1], spots_right=key[2],
+                                                  unit_ap_mm=self.units.ap_mm,
+                                                  unit_ml_mm=self.units.ml_mm)
         self._eff = self._eff_cache[key]
         self.light = light.LightProgram(cmd.power_mw_per_spot, cmd.spots_left, cmd.spots_right,
                                         t_on, t_on + dur - ramp, t_on + dur)
@@ -234,13 +235,13 @@ class SimulatedMouse:
             0, 0, 0.0, 0.0, 0.0, 0.0)
 
     def light_on(self) -> bool:
-        """True while the light is (or is scheduled to be) on."""
+        """Return True while the light is (or is scheduled to be) on."""
         return self.light.is_on(self.t_rig_ns)
 
     # -- internals ------------------------------------------------------------------------------
 
     def _align(self, t_ns: int) -> int:
-        """The first model-step boundary at or after ``t_ns``."""
+        """Return the first model-step boundary at or after ``t_ns``."""
         return -(-t_ns // self.step_ns) * self.step_ns
 
     def _push(self, t_ns: int, name: str, **fields: Any) -> None:
@@ -295,8 +296,10 @@ class SimulatedMouse:
         self.phase = Phase.RESPONSE
         xbar = self._acc / self._n_ro
         active = 1.0 - self._acc_eps / self._n_ro
-        choice = int(behaviour.decide(c, xbar[0:1], xbar[1:2], active[0:1], active[1:2],
-                                      rng.standard_normal(1), rng.random(1), rng.random(1))[0])
+        choice = int(behaviour.decide(c, xbar_left=xbar[0:1], xbar_right=xbar[1:2],
+                                      active_left=active[0:1], active_right=active[1:2],
+                                      noise=rng.standard_normal(1), lapse_u=rng.random(1),
+                                      coin_u=rng.random(1))[0])
         rt = float(behaviour.reaction_time_s(c, rng, 1)[0])
         self._cur.update(xbar_left=float(xbar[0]), xbar_right=float(xbar[1]))
         if rng.random() < c.ignore_prob:
@@ -369,8 +372,8 @@ class SimulatedMouse:
             eps_r = float(eff.hemisphere[1] * self._lvl_del[1])
         if not start:
             noise = self._rng.standard_normal(2)
-            alm.step(self._p, self._x_l, self._x_r, t_s, self._evidence, eps_l, eps_r,
-                     noise[0:1], noise[1:2])
+            alm.step(self._p, self._x_l, self._x_r, t_s, evidence=self._evidence, eps_left=eps_l,
+                     eps_right=eps_r, noise_left=noise[0:1], noise_right=noise[1:2])
         k = (t - self._t_trial_ns) // self.step_ns
         if self.phase == Phase.TRIAL and self._k_go - self._n_ro <= k < self._k_go:
             self._acc[0] += self._x_l[0]
@@ -381,7 +384,7 @@ class SimulatedMouse:
                                             self._lvl_now, self._rebound)
         stim = self._y if in_trial and alm.in_sample(self._p, t_s) else None
         ramp = alm.ramp_mode(self._p, t_s) if in_trial else 0.0
-        self._rates.rates(self._rate_buf, self._x_l, self._x_r, ramp, stim,
-                          self._log_gain if in_trial else None, mult)
+        self._rates.rates(self._rate_buf, self._x_l, self._x_r, ramp=ramp, stim=stim,
+                          log_gain=self._log_gain if in_trial else None, multiplier=mult)
         np.multiply(self._rate_buf[0], self.config.bin_s, out=self._means)
         self._sampler.set_means(self._means)

@@ -59,7 +59,7 @@ class LightWindow:
 
 def light_for(condition: Condition, t_on_s: float = -1.7, t_off_s: float = -0.9,
               ramp_down_s: float = 0.1, power_mw: float = 1.5) -> LightWindow | None:
-    """The light of a condition ("control" → None)."""
+    """Return the light of a condition ("control" → None)."""
     if condition == "control":
         return None
     return LightWindow(condition, t_on_s, t_off_s, ramp_down_s, power_mw)
@@ -106,7 +106,7 @@ def _unit_positions(units: Units | None) -> tuple[FloatArray, FloatArray]:
     return units.ap_mm, units.ml_mm
 
 
-def _simulate(c: MouseConfig, n: int, rng: np.random.Generator, light_w: LightWindow | None,
+def _simulate(c: MouseConfig, n: int, rng: np.random.Generator, *, light_w: LightWindow | None,
               instructed: npt.NDArray[np.int8] | None, keep: bool, units: Units | None,
               spike_rng: np.random.Generator | None, bin_s: float, t_start_s: float,
               t_end_s: float) -> tuple[LatentRun, npt.NDArray[np.uint16] | None]:
@@ -131,7 +131,8 @@ def _simulate(c: MouseConfig, n: int, rng: np.random.Generator, light_w: LightWi
     eff: light.Efficacy | None = None
     rho = np.zeros(2)
     if light_w is not None:
-        eff = light.efficacy(c, light_w.power_mw, light_w.spots_left, light_w.spots_right, ap, ml)
+        eff = light.efficacy(c, light_w.power_mw, spots_left=light_w.spots_left,
+                             spots_right=light_w.spots_right, unit_ap_mm=ap, unit_ml_mm=ml)
         env_now = light.envelope(t_start_k, light_w.t_on_s, light_w.t_off_s, light_w.ramp_down_s)
         env_del = light.silencing_envelope(t_start_k, light_w.t_on_s, light_w.t_off_s,
                                            light_w.ramp_down_s, lat)
@@ -171,7 +172,8 @@ def _simulate(c: MouseConfig, n: int, rng: np.random.Generator, light_w: LightWi
     for k in range(n_steps):
         t = float(t_start_k[k])
         noise = rng.standard_normal((2, n))
-        alm.step(p, x_l, x_r, t, evidence, eps[0, k], eps[1, k], noise[0], noise[1])
+        alm.step(p, x_l, x_r, t, evidence=evidence, eps_left=eps[0, k], eps_right=eps[1, k],
+                 noise_left=noise[0], noise_right=noise[1])
         if keep:
             xs_l[:, k] = x_l
             xs_r[:, k] = x_r
@@ -184,8 +186,9 @@ def _simulate(c: MouseConfig, n: int, rng: np.random.Generator, light_w: LightWi
                             for h in (0, 1)])
             mult = rates_model.light_multiplier(None if eff is None else eff.unit, lvl_del[:, k],
                                                 lvl_now[:, k], reb)
-            rates_model.rates(buf, x_l, x_r, alm.ramp_mode(p, t),
-                              stim_y if alm.in_sample(p, t) else None, log_gain, mult)
+            rates_model.rates(buf, x_l, x_r, ramp=alm.ramp_mode(p, t),
+                              stim=stim_y if alm.in_sample(p, t) else None, log_gain=log_gain,
+                              multiplier=mult)
             expected += buf * dt
             b, r = divmod(k - k_first + 1, steps_per_bin)
             if r == 0 and b - 1 < counts.shape[1]:
@@ -197,8 +200,9 @@ def _simulate(c: MouseConfig, n: int, rng: np.random.Generator, light_w: LightWi
     xbar_r = acc_r / n_ro
     a_l = 1.0 - float(np.mean(eps[0, n_go - n_ro:n_go]))
     a_r = 1.0 - float(np.mean(eps[1, n_go - n_ro:n_go]))
-    choice = behaviour.decide(c, xbar_l, xbar_r, np.full(n, a_l), np.full(n, a_r),
-                              rng.standard_normal(n), rng.random(n), rng.random(n))
+    choice = behaviour.decide(c, xbar_left=xbar_l, xbar_right=xbar_r, active_left=np.full(n, a_l),
+                              active_right=np.full(n, a_r), noise=rng.standard_normal(n),
+                              lapse_u=rng.random(n), coin_u=rng.random(n))
     rt = behaviour.reaction_time_s(c, rng, n)
     run = LatentRun(t_s=t_start_k + dt, x_left=xs_l, x_right=xs_r, eps_left=eps[0], eps_right=eps[1],
                     instructed=y, choice=choice, correct=choice == y, reaction_time_s=rt,
@@ -215,8 +219,9 @@ def run_latent(n_trials: int, seed: int, *, config: MouseConfig | None = None,
     """
     c = config or MouseConfig()
     rng = np.random.default_rng(np.random.SeedSequence([seed, _TRIAL_STREAM]))
-    run, _ = _simulate(c, n_trials, rng, light, instructed, keep_trajectories, None, None,
-                       c.model_dt_s, c.trial_t0_s, 0.0)
+    run, _ = _simulate(c, n_trials, rng, light_w=light, instructed=instructed, keep=keep_trajectories,
+                       units=None, spike_rng=None, bin_s=c.model_dt_s, t_start_s=c.trial_t0_s,
+                       t_end_s=0.0)
     return run
 
 
@@ -253,7 +258,7 @@ def generate_trialset(
     t_start_s: float | None = None,
     t_end_s: float = 0.0,
 ) -> TrialSet:
-    """A labelled session of mouse ``seed`` on ``day``: counts aligned to the go cue.
+    """Generate a labelled session of mouse ``seed`` on ``day``: counts aligned to the go cue.
 
     The units are those of :func:`sim.drift.units_for_day` (same seed and day → same units);
     ``session`` picks an independent session of trials with those units. Without ``config`` a
@@ -280,7 +285,8 @@ def generate_trialset(
     units = units_for_day(c, seed, c.day, c.tau_drift_days)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _TRIAL_STREAM, c.day, session]))
     spk = np.random.default_rng(np.random.SeedSequence([seed, _SPIKE_STREAM, c.day, session]))
-    run, counts = _simulate(c, n_trials, rng, light, None, False, units, spk, bin_s, t_start, t_end_s)
+    run, counts = _simulate(c, n_trials, rng, light_w=light, instructed=None, keep=False, units=units,
+                            spike_rng=spk, bin_s=bin_s, t_start_s=t_start, t_end_s=t_end_s)
     assert counts is not None
     hemi = np.where(units.hemisphere == 0, LEFT, RIGHT).astype(np.int8)
     return TrialSet(

@@ -54,7 +54,7 @@ class Units:
         return int(self.hemisphere.shape[0])
 
     def with_loadings(self, beta: FloatArray, log_baseline: FloatArray) -> Units:
-        """A copy with drifted loadings and baselines."""
+        """Return a copy with drifted loadings and baselines."""
         return replace(self, beta=beta, log_baseline=log_baseline)
 
 
@@ -136,14 +136,15 @@ class RateModel:
             np.copyto(m, np.where(self._is_fs, 1.0, rebound[self._hemi]))
         return m
 
-    def rates(self, out: FloatArray, x_left: FloatArray, x_right: FloatArray, ramp: float,
+    def rates(self, out: FloatArray, x_left: FloatArray, x_right: FloatArray, *, ramp: float,
               stim: FloatArray | None, log_gain: FloatArray | None,
               multiplier: FloatArray | None) -> FloatArray:
         """Write rates in Hz, shape (batch, n_units), into ``out`` and return it.
 
         Args:
             out: (batch, n_units) buffer.
-            x_left, x_right: (batch,) latent states.
+            x_left: (batch,) left latent states.
+            x_right: (batch,) right latent states.
             ramp: r(t), the non-selective ramp in [0, 1].
             stim: (batch,) instructed side ±1 during the sample epoch, None outside it.
             log_gain: (batch, 2) shared log-gain per trial and hemisphere, or None.
@@ -188,7 +189,7 @@ class PoissonSampler:
         self._direct = False
 
     def set_means(self, means: FloatArray) -> None:
-        """Expected counts per bin for each unit (constant until the next call)."""
+        """Set the expected counts per bin of each unit (constant until the next call)."""
         mmax = float(means.max()) if means.size else 0.0
         if mmax > 8.0:  # far beyond 1-ms bins: draw directly
             self._direct = True
@@ -215,7 +216,7 @@ class PoissonSampler:
         self._levels = levels
 
     def draw(self) -> npt.NDArray[np.uint8]:
-        """Counts for one bin (the returned buffer is reused by the next call)."""
+        """Draw the counts of one bin (the returned buffer is reused by the next call)."""
         if self._direct:
             np.copyto(self.counts, np.minimum(self.rng.poisson(self._means), 255), casting="unsafe")
             return self.counts

@@ -1,4 +1,4 @@
-"""The simulated rig as its own process: paces a :class:`~sim.mouse.SimulatedMouse` to wall time.
+r"""The simulated rig as its own process: paces a :class:`~sim.mouse.SimulatedMouse` to wall time.
 
 This module owns the clock of the simulated rig. It maps the mouse's clock (0 at start) onto
 ``time.monotonic_ns``, sleeps until each bin's end (busy-waiting the last ~200 µs), publishes one
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -59,7 +60,7 @@ class SlipStats:
             self.late_1ms += 1
 
     def percentile_ms(self, q: float) -> float:
-        """The q-th percentile in ms (upper edge of its histogram bin); 0 before any bin."""
+        """Return the q-th percentile in ms (upper edge of its histogram bin); 0 before any bin."""
         if self.n == 0:
             return 0.0
         idx = int(np.searchsorted(np.cumsum(self.hist), q / 100.0 * self.n))
@@ -86,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-pace", action="store_true", help="run as fast as possible (no wall pacing)")
     ap.add_argument("--spin-us", type=float, default=200.0, help="busy-wait this long before a deadline")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
+    ap.add_argument("--realtime", action="store_true",
+                    help="ask for SCHED_FIFO priority (as a rig's acquisition loop would); "
+                         "falls back to normal scheduling without the privilege")
     return ap.parse_args(argv)
 
 
@@ -181,6 +185,7 @@ class RigProcess:
         next_hb = 0
         hb_ns = round(HEARTBEAT_PERIOD_S * _NS)
         wall_start = time.monotonic()
+        cpu_start = time.process_time()
         while not self.stop_requested:
             out = m.step()
             if self.pace:
@@ -215,18 +220,30 @@ class RigProcess:
             m.light.off(m.t_rig_ns)
         self._heartbeat("stopped")
         wall = time.monotonic() - wall_start
+        cpu = time.process_time() - cpu_start
         return {"rig_id": client.rig_id, "seed": m.seed, "day": m.config.day, "n_units": m.n_units,
                 "bin_s": m.config.bin_s, "paced": self.pace, "bins": self.bins,
-                "sim_s": m.t_rig_ns / _NS, "wall_s": wall, "trials": self.trials_done,
+                "sim_s": m.t_rig_ns / _NS, "wall_s": wall,
+                "cpu_per_wall": cpu / wall if wall > 0 else 0.0, "trials": self.trials_done,
                 "slip_p50_ms": self.slip.percentile_ms(50), "slip_p99_ms": self.slip.percentile_ms(99),
                 "slip_max_ms": self.slip.max_ns / 1e6, "bins_late_over_1ms": self.slip.late_1ms,
                 "commands": self.commands, "acks": self.acks, "watchdog_trips": m.watchdog_trips,
                 "stopped_by_signal": self.stop_requested}
 
 
+def _try_realtime(priority: int = 20) -> bool:
+    """Switch this process to SCHED_FIFO; False where the OS or the privileges do not allow it."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m sim.rig_process``."""
     a = parse_args(argv)
+    realtime = _try_realtime() if a.realtime else False
     try:
         config = build_config(a)
     except (ValueError, OSError) as exc:
@@ -245,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
         return 3
     client.close()
+    summary["realtime"] = realtime
     print(json.dumps(summary), flush=True)
     return 0
 

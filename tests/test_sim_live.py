@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -158,13 +159,13 @@ def test_live_rig_process_streams_counts_events_acks_and_watchdog() -> None:
 
     # counts: one per bin, consecutive seq, t_rig_ns 1 ms apart
     seqs = [s for s, _, _ in rigd.counts]
-    assert len(seqs) > 3000 and all(b - a == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert len(seqs) > 3000 and all(b - a == 1 for a, b in itertools.pairwise(seqs))
     ts = [t for _, t, _ in rigd.counts]
-    assert all(b - a == 1_000_000 for a, b in zip(ts, ts[1:], strict=False))
+    assert all(b - a == 1_000_000 for a, b in itertools.pairwise(ts))
     assert {n for _, _, n in rigd.counts} == {80}
     # heartbeats at >= 2 Hz throughout, the last one says stopped
     hb_t = [t for t, _ in rigd.heartbeats]
-    gaps = [(b - a) / 1e9 for a, b in zip(hb_t, hb_t[1:], strict=False)]
+    gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(hb_t)]
     assert max(gaps) < 0.5, f"heartbeat gap {max(gaps):.3f} s"
     assert rigd.heartbeats[-1][1]["state"] == "stopped"
     # one complete trial, events in contract order with rig-clock times
@@ -172,6 +173,7 @@ def test_live_rig_process_streams_counts_events_acks_and_watchdog() -> None:
     assert names[:4] == ["trial_start", "sample_on", "delay_on", "go_cue"] or "early_lick" in names
     assert "outcome" in names and names[-1] == "trial_end"
     start = next(e for e in rigd.events if e["event"] == "trial_start")
-    assert start["instructed"] in ("left", "right") and start["t_go_ns"] > start["t_delay_ns"] > start["t_sample_ns"]
+    assert start["instructed"] in ("left", "right")
+    assert start["t_go_ns"] > start["t_delay_ns"] > start["t_sample_ns"]
     go = next(e for e in rigd.events if e["event"] == "go_cue")
     assert go["_t"] == start["t_go_ns"]

@@ -11,6 +11,7 @@ spread §3.2 across the 3-mm gap), which the table's model did not have; it lowe
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -54,7 +55,8 @@ def test_early_delay_photoinhibition_table_at_mu_06() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mu", "m_table", "acc_uni"), [(0.9, 0.99, 0.81), (0.6, 0.89, 0.81), (0.3, 0.58, 0.74)])
+@pytest.mark.parametrize(("mu", "m_table", "acc_uni"),
+                         [(0.9, 0.99, 0.81), (0.6, 0.89, 0.81), (0.3, 0.58, 0.74)])
 def test_modularity_continuum(mu: float, m_table: float, acc_uni: float) -> None:
     # n = 10,000 per condition. With common random numbers M's SE is ≈ 0.003 (seed-to-seed spread
     # measured 0.002); tolerance 0.03 = 3 SE + 0.02 bias (the spill-over lowers M by ≈ 0.015).
@@ -126,8 +128,6 @@ def test_full_delay_unilateral_photoinhibition_biases_licks_ipsilaterally() -> N
 
 
 def test_twenty_thousand_trials_take_seconds() -> None:
-    import time
-
     t = time.perf_counter()
     run_conditions(20_000, 1, conditions=("control",), keep_trajectories=False)
     assert time.perf_counter() - t < 10.0  # ≈ 1 s on one core; generous for a shared 2-core box
