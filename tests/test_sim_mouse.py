@@ -30,7 +30,8 @@ def test_dose_response_and_spatial_spread_match_the_hill_fit() -> None:
     assert float(light.dose_response(1.5, c.p50_mw, c.hill_n)) == pytest.approx(0.987, abs=0.002)
     assert float(light.dose_response(0.3, c.p50_mw, c.hill_n)) == pytest.approx(0.5, abs=1e-9)
     assert float(light.dose_response(0.5, c.p50_mw, c.hill_n)) == pytest.approx(0.80, abs=0.02)
-    eff = light.efficacy(c, 1.5, spots_left=0b1111, spots_right=0, unit_ap_mm=np.zeros(0), unit_ml_mm=np.zeros(0))
+    eff = light.efficacy(c, 1.5, spots_left=0b1111, spots_right=0, unit_ap_mm=np.zeros(0),
+                         unit_ml_mm=np.zeros(0))
     assert eff.hemisphere[0] == pytest.approx(c.eps_max)  # latent ε capped at 0.9 (§5.A)
     assert eff.hemisphere[1] < 0.02  # little spill-over into the other ALM, 3 mm away
     weak = light.efficacy(c, 1.5, spots_left=0b0001, spots_right=0, unit_ap_mm=np.zeros(0),
