@@ -25,6 +25,15 @@ POS = 0  #: next ring row to overwrite
 FILLED = 1  #: frames currently in the window (<= n_win)
 
 
+@numba.njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _dot(w: Any, c: Any) -> float:  # pragma: no cover - compiled
+    """Dot product of two contiguous 1-D slices; written so LLVM vectorises it (mixed dtypes)."""
+    s = 0.0
+    for j in range(w.shape[0]):
+        s += w[j] * c[j]
+    return s
+
+
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def window_project_step(  # noqa: PLR0917  # pragma: no cover - compiled
     W: Any, lo: Any, hi: Any, counts: Any, ring: Any, acc: Any, state: Any,
@@ -50,9 +59,9 @@ def window_project_step(  # noqa: PLR0917  # pragma: no cover - compiled
     inv = inv_frame_s / filled
     value = combine[k]
     for r in range(k):
-        s = 0.0
-        for j in range(lo[r], hi[r]):
-            s += W[r, j] * counts[j]
+        a0 = lo[r]
+        a1 = hi[r]
+        s = _dot(W[r, a0:a1], counts[a0:a1])
         a = acc[r] + s - ring[pos, r]
         acc[r] = a
         ring[pos, r] = s
@@ -92,12 +101,8 @@ def kalman_step(  # noqa: PLR0917  # pragma: no cover - compiled
     preallocated by the caller: ``S``, ``K`` and ``tmp`` are (d, d), ``y`` is (d,).
     """
     d = z.shape[0]
-    n = W.shape[1]
     for r in range(d):
-        s = 0.0
-        for j in range(n):
-            s += W[r, j] * counts[j]
-        y[r] = s * inv_frame_s
+        y[r] = _dot(W[r], counts) * inv_frame_s
     # predict: z = A z + b (use K[:, 0] as scratch for the new z)
     for r in range(d):
         s = bvec[r]
