@@ -31,8 +31,8 @@ decoder_app = typer.Typer(no_args_is_help=True, help="Fit and evaluate decoders.
 app.add_typer(export_app, name="export")
 app.add_typer(protocol_app, name="protocol")
 app.add_typer(decoder_app, name="decoder")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -125,6 +125,21 @@ def _run_async(coro: Any) -> Any:
         return asyncio.run(coro)
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _runtime_info(name: str) -> dict[str, Any] | None:
     path = runtime_dir() / f"{name}.json"
     try:
@@ -132,9 +147,10 @@ def _runtime_info(name: str) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, PermissionError, KeyError, ValueError):
-        return None  # stale file of a crashed instance
+        if not _alive(int(info["pid"])):
+            return None  # stale file of a crashed instance
+    except (KeyError, ValueError):
+        return None
     return info
 
 
@@ -199,26 +215,37 @@ def stop(
         return
     pid = int(info["pid"])
 
-    async def _send() -> None:
+    async def _send() -> bool:
+        """Publish cmd/stop until rigd confirms on stop/result (it may still be subscribing)."""
         import aiomqtt
 
         from rig.control_plane import parse_mqtt_url
 
         host, port = parse_mqtt_url(info["mqtt"])
         async with aiomqtt.Client(host, port, timeout=5) as c:
-            await c.publish(f"rigd/{name}/cmd/stop", b"{}", qos=1)
+            await c.subscribe(f"rigd/{name}/stop/result", qos=1)
+            for _ in range(5):
+                await c.publish(f"rigd/{name}/cmd/stop", b"{}", qos=1)
+                try:
+                    async with asyncio.timeout(2.0):
+                        async for _m in c.messages:
+                            return True
+                except TimeoutError:
+                    continue
+        return False
 
     try:
-        asyncio.run(_send())
+        confirmed = asyncio.run(_send())
     except Exception as exc:
-        err.print(f"MQTT stop failed ({exc}); sending SIGTERM to {pid}")
+        err.print(f"MQTT stop failed ({exc})")
+        confirmed = False
+    if not confirmed:
+        err.print(f"no confirmation over MQTT; sending SIGTERM to {pid}")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             console.print(f"rigd {name!r} stopped; session {info['session_dir']}")
             return
         time.sleep(0.1)
@@ -238,6 +265,110 @@ def export_nwb(
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc), code=1)
         return
+    console.print(f"wrote {path}")
+
+
+@protocol_app.command("check")
+def protocol_check(
+    file: Annotated[Path, typer.Argument(help="protocol file (TOML or YAML)")],
+    dry_run: Annotated[int | None, typer.Option("--dry-run", help="also run N trials on the simulated mouse")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="rig light calibration file")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the simulated mouse")] = 0,
+    mu_left: Annotated[float, typer.Option(help="dry run: simulated μ_L")] = 0.6,
+    mu_right: Annotated[float, typer.Option(help="dry run: simulated μ_R")] = 0.6,
+) -> None:
+    """Validate a protocol against the interlock limits; optionally dry-run it on the simulator."""
+    from controllers.protocol import check_protocol
+    from hardware.calibration import load_calibration
+
+    if not file.exists():
+        _fail(f"{file}: no such file", code=1)
+    try:
+        limits = load_calibration(calibration).safety_limits()
+    except (OSError, ValueError) as exc:
+        _fail(f"calibration: {exc}", code=1)
+        return
+    result = check_protocol(file, limits)
+    console.print(result.report(), highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
+    if dry_run:
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        from rig.dry_run import dry_run as run_dry
+        from sim.config import MouseConfig
+
+        assert result.protocol is not None
+        cfg = MouseConfig(bin_s=0.005, model_dt_s=0.005, iti_s=(0.5, 1.0), mu_left=mu_left, mu_right=mu_right,
+                          delay_s=result.protocol.spec.session.expects_delay_s)
+        with Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                 TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(f"dry run on the simulated mouse (μ = {mu_left}, {mu_right})", total=dry_run)
+            res = run_dry(result.protocol, dry_run, config=cfg, seed=seed, limits=limits,
+                          progress=lambda done: bar.update(task, completed=done))
+        console.print(res.report(), highlight=False)
+
+
+@decoder_app.command("fit")
+def decoder_fit(
+    sessions: Annotated[list[Path], typer.Argument(help="recorded session directories")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="decoder file to write")],
+    decoder: Annotated[str, typer.Option(help="decoder name")] = "cd",
+    bin_ms: Annotated[float, typer.Option(help="bin width for fitting (ms)")] = 100.0,
+) -> None:
+    """Fit a decoder on recorded (or simulated) sessions and save it with its provenance."""
+    from decoders.fitting import fit_sessions
+    from rig.trials import session_trialset
+
+    sets = []
+    for s in sessions:
+        try:
+            sets.append(session_trialset(s, bin_s=bin_ms * 1e-3))
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(f"{s}: {exc}", code=1)
+    with console.status(f"fitting {decoder} on {sum(t.n_trials for t in sets)} trials…"):
+        dec, report = fit_sessions(sets, decoder)
+    dec.save(output)
+    console.print(f"{decoder}: cross-validated accuracy {report.accuracy:.3f} on {report.n_trials} trials "
+                  f"→ {output}")
+
+
+@decoder_app.command("accuracy")
+def decoder_accuracy(
+    sessions: Annotated[list[Path], typer.Argument(help="recorded session directories")],
+    decoder: Annotated[str, typer.Option(help="decoder name")] = "cd",
+    bin_ms: Annotated[float, typer.Option(help="bin width (ms)")] = 100.0,
+    folds: Annotated[int, typer.Option(help="cross-validation folds")] = 5,
+) -> None:
+    """Cross-validated decoding accuracy of the upcoming choice through the trial."""
+    from decoders.fitting import accuracy_over_time
+    from rig.trials import session_trialset
+
+    for s in sessions:
+        ts = session_trialset(s, bin_s=bin_ms * 1e-3)
+        times, acc = accuracy_over_time(decoder, ts, folds=folds)
+        console.print(f"{s} ({ts.n_trials} trials, {decoder}):")
+        for t, a in zip(times, acc, strict=True):
+            console.print(f"  t = {t:+.2f} s   accuracy {a:.3f}  " + "█" * int(round(40 * a)), highlight=False)
+
+
+@app.command()
+def report(
+    session: Annotated[Path, typer.Argument(help="session directory or NWB file")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="output directory")] = None,
+) -> None:
+    """Write an HTML report with figures for a session."""
+    from rich.progress import BarColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
+
+    from rig.report import write_report
+
+    if not session.exists():
+        _fail(f"{session}: no such session", code=1)
+    with Bar("[progress.description]{task.description}", BarColumn(), TimeRemainingColumn(),
+             console=console, transient=True) as bar:
+        path = write_report(session, output, progress=bar)
     console.print(f"wrote {path}")
 
 

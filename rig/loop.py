@@ -137,6 +137,7 @@ class HotLoop:
         self._target_rig = next(iter(sorted(self.rig_ids))) if self.rig_ids else 1
         self.interlock = interlock_factory(self._send_light, self._alarm)
         self._stop = threading.Event()
+        self._all_off_requested = False
         self._stopped = threading.Event()
         self._dec_buf = np.zeros((DECODER_CHUNK, len(DECODER_FIELDS)), dtype=np.float64)
         self._dec_n = 0
@@ -159,6 +160,10 @@ class HotLoop:
         self.thread = threading.Thread(target=self.run, name="rigd-hot-loop", daemon=True)
         self.thread.start()
 
+    def request_all_off(self) -> None:
+        """Ask the loop thread to turn the light off now (thread-safe; used before the rig stops)."""
+        self._all_off_requested = True
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the loop: light off, last records flushed to the recorder, sockets closed."""
         self._stop.set()
@@ -175,6 +180,9 @@ class HotLoop:
         try:
             while not self._stop.is_set():
                 now = time.monotonic_ns()
+                if self._all_off_requested:
+                    self._all_off_requested = False
+                    self.interlock.all_off("session ending", now_ns=now)
                 if now >= next_hb:
                     self._heartbeat(now)
                     self._housekeeping(now)
@@ -453,8 +461,12 @@ class HotLoop:
                 self.decoder.on_trial_start(trial)
             self.interlock.on_trial_start(trial)
             return
-        self.tracker.on_event(ev, t_rig_ns)
         book = self._books.get(trial)
+        if name == "trial_end":
+            self._finish_trial(trial)  # controllers read the state before the tracker leaves the trial
+            self.tracker.on_event(ev, t_rig_ns)
+            return
+        self.tracker.on_event(ev, t_rig_ns)
         if book is None:
             self.counters.inc("events.without_trial_start")
             return
@@ -467,8 +479,6 @@ class HotLoop:
             book.reaction_time_s = float(rt) if isinstance(rt, int | float) else None
             if book.outcome == "early_lick":
                 book.early_lick = True
-        elif name == "trial_end":
-            self._finish_trial(trial)
 
     def _finish_trial(self, trial: int) -> None:
         book = self._books.pop(trial, None)

@@ -37,6 +37,7 @@ from rig import wire
 RECORD = struct.Struct("<IIqI")
 LOG_NAME = "wire.rlog"
 MANIFEST_NAME = "manifest.json"
+IOV_MAX = 1020  #: buffers per writev (Linux allows 1024)
 RIGD_RIG_ID = 0  #: rig id rigd uses for the records it writes itself
 
 
@@ -76,6 +77,8 @@ class Recorder:
         self._seq = itertools.count()
         self._taps: list[Callable[[wire.Header, memoryview, int], None]] = []
         self.tap_errors = 0
+        self.write_errors = 0
+        self.last_error = ""
         self._thread = threading.Thread(target=self._run, name="rigd-recorder", daemon=True)
         self._thread.start()
 
@@ -158,23 +161,31 @@ class Recorder:
                 self.tap_errors += 1
 
     def _write(self, parts: list[bytes | memoryview]) -> None:
-        if not parts:
-            return
-        total = sum(len(p) for p in parts)
-        written = os.writev(self._fd, parts)
-        if written != total:  # partial writev: finish with a joined buffer
-            rest = b"".join(bytes(p) for p in parts)[written:]
-            while rest:
-                k = os.write(self._fd, rest)
-                rest = rest[k:]
-        self.written_bytes += total
+        for i in range(0, len(parts), IOV_MAX):
+            chunk = parts[i:i + IOV_MAX]
+            total = sum(len(p) for p in chunk)
+            written = os.writev(self._fd, chunk)
+            if written != total:  # partial writev: finish with a joined buffer
+                rest = b"".join(bytes(p) for p in chunk)[written:]
+                while rest:
+                    k = os.write(self._fd, rest)
+                    rest = rest[k:]
+            self.written_bytes += total
 
     def _run(self) -> None:
         last_sync = time.monotonic()
         while True:
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
-            self._drain()
+            try:
+                self._drain()
+            except OSError as exc:  # disk full, I/O error: keep the thread alive, count, retry
+                self.write_errors += 1
+                self.last_error = str(exc)
+                if self._stop:
+                    return
+                time.sleep(0.1)
+                continue
             now = time.monotonic()
             if now - last_sync > 1.0:
                 os.fsync(self._fd)
@@ -197,7 +208,8 @@ class Recorder:
         """Recorder counters for status and manifest."""
         return {"recorder_dropped": self.dropped, "recorder_records": self.written_records,
                 "recorder_bytes": self.written_bytes, "recorder_lag_records": self.lag_records,
-                "recorder_max_lag_records": self.max_lag_records}
+                "recorder_max_lag_records": self.max_lag_records,
+                "recorder_write_errors": self.write_errors, "recorder_tap_errors": self.tap_errors}
 
 
 # --- reading -------------------------------------------------------------------------------

@@ -272,17 +272,17 @@ class Service:
     async def start_sim(self) -> None:
         """Start the simulated rig as its own process, speaking the public wire protocol."""
         c = self.cfg
+        mouse: dict[str, Any] = {"mu_left": c.mu_left, "mu_right": c.mu_right, "callosotomy": c.callosotomy,
+                                 "units_per_hemisphere": c.units_per_hemisphere, "day": c.day,
+                                 "bin_s": c.bin_ms * 1e-3}
+        if c.iti_s is not None:
+            mouse["iti_s"] = [c.iti_s, c.iti_s]
+        write_json_atomic(self.directory / "sim_config.json", mouse)
         args = [sys.executable, "-m", "sim.rig_process", "--ingest", self.hot.ingest_endpoint,
                 "--command", self.hot.command_endpoint, "--rig-id", str(c.rig_ids[0]),
-                "--seed", str(c.seed), "--mu-left", str(c.mu_left), "--mu-right", str(c.mu_right),
-                "--units-per-hemisphere", str(c.units_per_hemisphere), "--day", str(c.day),
-                "--bin-ms", str(c.bin_ms)]
+                "--seed", str(c.seed), "--config", str(self.directory / "sim_config.json")]
         if c.trials is not None:
             args += ["--trials", str(c.trials)]
-        if c.iti_s is not None:
-            args += ["--iti-s", str(c.iti_s)]
-        if c.callosotomy:
-            args += ["--callosotomy"]
         if c.model == "spiking":
             args += ["--model", "spiking", "--backend", c.backend]
         log_file = open(self.directory / "sim.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -365,6 +365,7 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
                         await svc.start_sim()
                         tasks.append(tg.create_task(svc.watch_sim()))
                     svc.state = "running"
+                    await asyncio.to_thread(svc.write_manifest)
                     tasks.append(tg.create_task(progress.run()))
                     try:
                         if cfg.duration_s is not None:
@@ -374,6 +375,8 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
                     except TimeoutError:
                         svc.request_stop(f"duration {cfg.duration_s} s reached")
                     svc.state = "stopping"
+                    svc.hot.request_all_off()  # light off while the rig is still listening
+                    await asyncio.sleep(0.2)
                     await svc.stop_sim()
                     await asyncio.to_thread(svc.hot.stop)
                     svc.flush_telemetry()
