@@ -36,6 +36,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from hardware.calibration import DEFAULT_CALIBRATION
 from rig import wire
 from rig.live_state import Cursor, LiveState
 from rig.live_view import LiveView
@@ -45,12 +46,14 @@ from rig.telemetry import LoopTelemetry
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (scripts/setup --dev installs it)")
+    reason="Debian's chromium is not installed (scripts/setup --dev installs it)",
+)
 ARTIFACTS = Path(os.environ.get("RIGD_TEST_ARTIFACTS", tempfile.gettempdir())) / "rigd-live-view"
 NS = 1_000_000_000
 
 
 # -- a small real publisher writing the wire format into a real Recorder ------------------------
+
 
 class BenchService:
     """The parts of rig.supervisor.Service the live view reads, around a real Recorder."""
@@ -67,9 +70,16 @@ class BenchService:
         return self.telemetry.summary(deadline_us=10_000.0)
 
     def status(self) -> dict[str, Any]:
-        return {"state": self.state, "name": "bench", "trials_done": self.trials, "frames": self.frames,
-                "counters": {"recorder_dropped": self.recorder.dropped, "late_decisions": 0},
-                "protocol": {"name": "bench", "sha256": "0" * 64}, "interlock": {}, "decoder": {}}
+        return {
+            "state": self.state,
+            "name": "bench",
+            "trials_done": self.trials,
+            "frames": self.frames,
+            "counters": {"recorder_dropped": self.recorder.dropped, "late_decisions": 0},
+            "protocol": {"name": "bench", "sha256": "0" * 64},
+            "interlock": {},
+            "decoder": {},
+        }
 
 
 class Publisher(threading.Thread):
@@ -86,8 +96,9 @@ class Publisher(threading.Thread):
         self.seq = 0
 
     def _put(self, kind: wire.Kind, payload: Any, t: int, rig_id: int = 1, stream: int = 0) -> None:
-        h, p = wire.encode(kind, payload, rig_id=rig_id, stream_id=stream, seq=self.seq, t_rig_ns=t,
-                           t_send_ns=t)
+        h, p = wire.encode(
+            kind, payload, rig_id=rig_id, stream_id=stream, seq=self.seq, t_rig_ns=t, t_send_ns=t
+        )
         self.seq += 1
         self.svc.recorder.put(h, p, time.monotonic_ns())
 
@@ -96,8 +107,13 @@ class Publisher(threading.Thread):
 
     def run(self) -> None:
         rec, n = self.svc.recorder, self.N_LEFT + self.N_RIGHT
-        desc = {"rig": "bench", "n_units": n, "units_left": self.N_LEFT, "units_right": self.N_RIGHT,
-                "bin_s": 0.005}
+        desc = {
+            "rig": "bench",
+            "n_units": n,
+            "units_left": self.N_LEFT,
+            "units_right": self.N_RIGHT,
+            "bin_s": 0.005,
+        }
         self._put(wire.Kind.HEARTBEAT, wire.json_bytes(desc), time.monotonic_ns(), stream=3)
         trial, cmd_id = 0, 0
         while not self.stop_flag.is_set():
@@ -105,8 +121,16 @@ class Publisher(threading.Thread):
             # compressed trial: presample 0.1, sample 0.3, delay 0.4, response 0.3 s
             t_sample, t_delay, t_go = t_start + NS // 10, t_start + 4 * NS // 10, t_start + 8 * NS // 10
             side = "right" if trial % 2 else "left"
-            self._event(t_start, event="trial_start", trial=trial, instructed=side, delay_s=0.4,
-                        t_sample_ns=t_sample, t_delay_ns=t_delay, t_go_ns=t_go)
+            self._event(
+                t_start,
+                event="trial_start",
+                trial=trial,
+                instructed=side,
+                delay_s=0.4,
+                t_sample_ns=t_sample,
+                t_delay_ns=t_delay,
+                t_go_ns=t_go,
+            )
             condition = ("control", "left", "right", "bilateral")[trial % 4]
             light_done = condition == "control"
             dec_rows: list[list[float]] = []
@@ -118,26 +142,59 @@ class Publisher(threading.Thread):
                 self.svc.frames += 1
                 t_s = (now - t_go) / NS
                 sign = 1.0 if side == "right" else -1.0
-                dec_rows.append([self.seq, now, t_s, sign * max(0.0, t_s + 0.7), 0.5,
-                                 sign * max(0.0, t_s + 0.7) + 0.1, sign * max(0.0, t_s + 0.7) - 0.1])
+                dec_rows.append(
+                    [
+                        self.seq,
+                        now,
+                        t_s,
+                        sign * max(0.0, t_s + 0.7),
+                        0.5,
+                        sign * max(0.0, t_s + 0.7) + 0.1,
+                        sign * max(0.0, t_s + 0.7) - 0.1,
+                    ]
+                )
                 t0 = time.monotonic_ns()
                 self.svc.telemetry.record(self.seq, t0, t0 + 20_000, t0 + 60_000, t0 + 80_000, t0 + 90_000)
                 if not light_done and now >= t_delay:
                     light_done = True
                     if trial >= self.refuse_from_trial:
-                        rec.alarm({"alarm": "light_refused", "limit": "max_power_mw_per_spot",
-                                   "reason": "power 12 mW per spot exceeds the cap 10 mW", "value": 12.0,
-                                   "allowed": 10.0, "trial": trial, "condition": condition,
-                                   "t_local_ns": now}, now)
+                        rec.alarm(
+                            {
+                                "alarm": "light_refused",
+                                "limit": "max_power_mw_per_spot",
+                                "reason": "power 12 mW per spot exceeds the cap 10 mW",
+                                "value": 12.0,
+                                "allowed": 10.0,
+                                "trial": trial,
+                                "condition": condition,
+                                "t_local_ns": now,
+                            },
+                            now,
+                        )
                     else:
                         spots_l = 0b1111 if condition in ("left", "bilateral") else 0
                         spots_r = 0b1111 if condition in ("right", "bilateral") else 0
-                        cmd = wire.LightCommandFields(cmd_id, self.seq, now, now, now + 10_000_000, 0, trial,
-                                                      wire.LightAction.START, wire.Waveform.SINE, spots_l,
-                                                      spots_r, 1.5, 0.3, 0.1, 40.0)
+                        cmd = wire.LightCommandFields(
+                            cmd_id,
+                            self.seq,
+                            now,
+                            now,
+                            now + 10_000_000,
+                            0,
+                            trial,
+                            wire.LightAction.START,
+                            wire.Waveform.SINE,
+                            spots_l,
+                            spots_r,
+                            1.5,
+                            0.3,
+                            0.1,
+                            40.0,
+                        )
                         self._put(wire.Kind.LIGHT_COMMAND, cmd.pack(), now, stream=2)
-                        ack = wire.LightAckFields(cmd_id, self.seq, now, now + 300_000, now + 400_000,
-                                                  wire.AckStatus.APPLIED)
+                        ack = wire.LightAckFields(
+                            cmd_id, self.seq, now, now + 300_000, now + 400_000, wire.AckStatus.APPLIED
+                        )
                         self._put(wire.Kind.LIGHT_ACK, ack.pack(), now + 400_000, stream=2)
                         self.svc.telemetry.add_e2e(400.0)
                         cmd_id += 1
@@ -148,18 +205,31 @@ class Publisher(threading.Thread):
             self._event(t_go, event="go_cue", trial=trial)
             choice = side if trial % 3 else ("left" if side == "right" else "right")
             outcome = "hit" if choice == side else "error"
-            self._event(t_end, event="outcome", trial=trial, outcome=outcome, choice=choice,
-                        reaction_time_s=0.1)
+            self._event(
+                t_end, event="outcome", trial=trial, outcome=outcome, choice=choice, reaction_time_s=0.1
+            )
             self._event(t_end, event="trial_end", trial=trial)
-            rec.log({"type": "trial", "trial": trial, "instructed": side, "outcome": outcome,
-                     "choice": choice, "condition": condition, "light": None,
-                     "refused": ["max_power_mw_per_spot"] if trial >= self.refuse_from_trial and
-                     condition != "control" else []}, time.monotonic_ns())
+            rec.log(
+                {
+                    "type": "trial",
+                    "trial": trial,
+                    "instructed": side,
+                    "outcome": outcome,
+                    "choice": choice,
+                    "condition": condition,
+                    "light": None,
+                    "refused": ["max_power_mw_per_spot"]
+                    if trial >= self.refuse_from_trial and condition != "control"
+                    else [],
+                },
+                time.monotonic_ns(),
+            )
             self.svc.trials += 1
             trial += 1
 
 
 # -- Chromium over the DevTools protocol --------------------------------------------------------
+
 
 class Browser:
     """One headless Chromium page driven over the DevTools protocol."""
@@ -214,11 +284,26 @@ async def chromium(url: str) -> AsyncIterator[Browser]:
         pytest.fail("chromium is not installed: run scripts/setup --dev (apt-get install chromium)")
     profile = tempfile.mkdtemp(prefix="rigd-chromium-")
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", "--hide-scrollbars", "--window-size=1400,1000", f"--user-data-dir={profile}",
-         "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1400,1000",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--remote-debugging-address=127.0.0.1",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         port_file = Path(profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -255,6 +340,7 @@ async def _int(b: Browser, element_id: str) -> int:
 
 
 # -- tests --------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def bench(tmp_path: Path) -> Iterator[tuple[BenchService, Publisher]]:
@@ -371,8 +457,6 @@ async def test_rigd_start_sim_live_view_updates_and_shows_interlock_refusal(tmp_
     """A real ``rigd start --rig sim``: the page updates while the session runs, and turns red when the
     interlock refuses light. The calibration caps power at 1.0 mW per spot while the default protocol
     asks 1.5 mW, so every photoinhibition trial is refused by the real interlock (real alarm path)."""
-    from hardware.calibration import DEFAULT_CALIBRATION
-
     cal = tmp_path / "low_power_calibration.toml"
     text = DEFAULT_CALIBRATION.read_text()
     assert "max_power_mw_per_spot = 10.0" in text
@@ -381,16 +465,38 @@ async def test_rigd_start_sim_live_view_updates_and_shows_interlock_refusal(tmp_
     env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime), "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "rigd.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rig.cli", "start", "--rig", "sim", "--trials", "8", "--name", "liveviewtest",
-         "--session-dir", str(tmp_path / "sessions"), "--calibration", str(cal), "--no-live", "--seed", "0"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "rig.cli",
+            "start",
+            "--rig",
+            "sim",
+            "--trials",
+            "8",
+            "--name",
+            "liveviewtest",
+            "--session-dir",
+            str(tmp_path / "sessions"),
+            "--calibration",
+            str(cal),
+            "--no-live",
+            "--seed",
+            "0",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         info_file = runtime / "liveviewtest.json"
         deadline = time.monotonic() + 60
         url = ""
         while not url:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"rigd did not publish its live view URL:\n{(tmp_path / 'rigd.log').read_text()}")
+                raise AssertionError(
+                    f"rigd did not publish its live view URL:\n{(tmp_path / 'rigd.log').read_text()}"
+                )
             with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
                 url = json.loads(info_file.read_text()).get("ui", "")
             await asyncio.sleep(0.2)
@@ -403,7 +509,9 @@ async def test_rigd_start_sim_live_view_updates_and_shows_interlock_refusal(tmp_
             frames2 = await _int(b, "frames")
             assert frames2 > frames1  # the simulated mouse streams 1 kHz frames
             await b.wait_for("document.querySelectorAll('#alarms li.refusal').length > 0", 90)
-            assert "power_mw_per_spot" in await b.eval("document.querySelector('#alarms li.refusal').textContent")
+            assert "power_mw_per_spot" in await b.eval(
+                "document.querySelector('#alarms li.refusal').textContent"
+            )
             await b.wait_for("parseInt(document.getElementById('trials-done').textContent) >= 1", 40)
             await b.wait_for("document.querySelectorAll('#outcomes tbody tr').length >= 1", 5)
             await b.screenshot(ARTIFACTS / "rigd-sim.png")

@@ -36,7 +36,7 @@ NS = 1_000_000_000
 FRAME_S = 0.005
 UNITS = 40
 SPLIT = {"control": 96, "left": 48, "right": 48, "bilateral": 48}
-PROTOCOL_TEXT = "# test protocol\n[protocol]\nname = \"chen2021-early-delay\"\n"
+PROTOCOL_TEXT = '# test protocol\n[protocol]\nname = "chen2021-early-delay"\n'
 
 
 def _write_session(directory: Path, seed: int = 3) -> dict[str, Any]:
@@ -44,8 +44,9 @@ def _write_session(directory: Path, seed: int = 3) -> dict[str, Any]:
     sets = {}
     for i, (cond, n) in enumerate(SPLIT.items()):
         light = None if cond == "control" else LightWindow(cond)  # type: ignore[arg-type]
-        sets[cond] = generate_trialset(n, seed, units_per_hemisphere=UNITS, bin_s=FRAME_S, light=light,
-                                       session=i, t_end_s=1.0)
+        sets[cond] = generate_trialset(
+            n, seed, units_per_hemisphere=UNITS, bin_s=FRAME_S, light=light, session=i, t_end_s=1.0
+        )
     rng = np.random.default_rng(seed)
     order = rng.permutation([c for c, n in SPLIT.items() for _ in range(n)])
     taken = dict.fromkeys(SPLIT, 0)
@@ -54,14 +55,28 @@ def _write_session(directory: Path, seed: int = 3) -> dict[str, Any]:
     seq = {"frames": 0, "events": 0, "light": 0, "acks": 0}
 
     def put(kind: wire.Kind, payload: Any, t_ns: int, stream: str, rig_id: int = 1) -> None:
-        h, p = wire.encode(kind, payload, rig_id=rig_id, stream_id=list(seq).index(stream), seq=seq[stream],
-                           t_rig_ns=t_ns, t_send_ns=t_ns)
+        h, p = wire.encode(
+            kind,
+            payload,
+            rig_id=rig_id,
+            stream_id=list(seq).index(stream),
+            seq=seq[stream],
+            t_rig_ns=t_ns,
+            t_send_ns=t_ns,
+        )
         seq[stream] += 1
         rec.put(h, p, t_ns)
 
     fs = sets["control"].provenance["fs_units"]
-    desc = {"rig": "sim", "n_units": 2 * UNITS, "units_left": UNITS, "units_right": UNITS, "bin_s": FRAME_S,
-            "spots_per_hemisphere": 4, "fs_units": fs}
+    desc = {
+        "rig": "sim",
+        "n_units": 2 * UNITS,
+        "units_left": UNITS,
+        "units_right": UNITS,
+        "bin_s": FRAME_S,
+        "spots_per_hemisphere": 4,
+        "fs_units": fs,
+    }
     put(wire.Kind.HEARTBEAT, wire.json_bytes(desc), t, "events")
     truth: list[dict[str, Any]] = []
     cmd_id = 0
@@ -75,12 +90,25 @@ def _write_session(directory: Path, seed: int = 3) -> dict[str, Any]:
         t_go = t + int(3.5 * NS)
         side = "right" if ts.instructed[j] > 0 else "left"
         choice = "right" if ts.choice[j] > 0 else "left"
-        put(wire.Kind.TRIAL_EVENT, wire.json_bytes({
-            "event": "trial_start", "trial": k, "instructed": side, "delay_s": 1.7,
-            "t_sample_ns": t_go - int(3.0 * NS), "t_delay_ns": t_go - int(1.7 * NS), "t_go_ns": t_go}), t, "events")
+        put(
+            wire.Kind.TRIAL_EVENT,
+            wire.json_bytes(
+                {
+                    "event": "trial_start",
+                    "trial": k,
+                    "instructed": side,
+                    "delay_s": 1.7,
+                    "t_sample_ns": t_go - int(3.0 * NS),
+                    "t_delay_ns": t_go - int(1.7 * NS),
+                    "t_go_ns": t_go,
+                }
+            ),
+            t,
+            "events",
+        )
         light: dict[str, Any] | None = None
         for b in range(counts.shape[0]):
-            t_end = t + int(round((b + 1) * FRAME_S * NS))
+            t_end = t + round((b + 1) * FRAME_S * NS)
             put(wire.Kind.SPIKE_COUNTS, np.minimum(counts[b], 255).astype(np.uint8), t_end, "frames")
             t_s = (t_end - t_go) / NS
             v = float(np.tanh(counts[b].astype(float) @ cd_w * 0.05))
@@ -91,46 +119,119 @@ def _write_session(directory: Path, seed: int = 3) -> dict[str, Any]:
             if cond != "control" and abs(t_s - (-1.7)) < FRAME_S / 2:
                 sl = 0b1111 if cond in ("left", "bilateral") else 0
                 sr = 0b1111 if cond in ("right", "bilateral") else 0
-                cmd = wire.LightCommandFields(cmd_id, seq["frames"], t_end, t_end, t_end + 10_000_000, 0, k,
-                                              wire.LightAction.START, wire.Waveform.SINE, sl, sr, 1.5, 0.8, 0.1,
-                                              40.0)
+                cmd = wire.LightCommandFields(
+                    cmd_id,
+                    seq["frames"],
+                    t_end,
+                    t_end,
+                    t_end + 10_000_000,
+                    0,
+                    k,
+                    wire.LightAction.START,
+                    wire.Waveform.SINE,
+                    sl,
+                    sr,
+                    1.5,
+                    0.8,
+                    0.1,
+                    40.0,
+                )
                 put(wire.Kind.LIGHT_COMMAND, cmd.pack(), t_end, "light", rig_id=1)
-                ack = wire.LightAckFields(cmd_id, seq["frames"], t_end, t_end + 900_000, t_end + 1_000_000,
-                                          wire.AckStatus.APPLIED)
+                ack = wire.LightAckFields(
+                    cmd_id, seq["frames"], t_end, t_end + 900_000, t_end + 1_000_000, wire.AckStatus.APPLIED
+                )
                 put(wire.Kind.LIGHT_ACK, ack.pack(), t_end + 1_000_000, "acks")
-                light = {"command_id": cmd_id, "action": "START", "hemisphere": cond, "spots_left": sl,
-                         "spots_right": sr, "power_mw_per_spot": 1.5, "duration_s": 0.8, "ramp_down_s": 0.1,
-                         "waveform": "sine", "freq_hz": 40.0, "onset_t_s": round(t_s, 6), "status": "applied"}
+                light = {
+                    "command_id": cmd_id,
+                    "action": "START",
+                    "hemisphere": cond,
+                    "spots_left": sl,
+                    "spots_right": sr,
+                    "power_mw_per_spot": 1.5,
+                    "duration_s": 0.8,
+                    "ramp_down_s": 0.1,
+                    "waveform": "sine",
+                    "freq_hz": 40.0,
+                    "onset_t_s": round(t_s, 6),
+                    "status": "applied",
+                }
                 cmd_id += 1
         put(wire.Kind.TRIAL_EVENT, wire.json_bytes({"event": "go_cue", "trial": k}), t_go, "events")
         outcome = "hit" if ts.correct[j] else "error"
-        put(wire.Kind.TRIAL_EVENT, wire.json_bytes({"event": "outcome", "trial": k, "outcome": outcome,
-                                                    "choice": choice, "reaction_time_s": 0.1}),
-            t_go + NS // 10, "events")
+        put(
+            wire.Kind.TRIAL_EVENT,
+            wire.json_bytes(
+                {"event": "outcome", "trial": k, "outcome": outcome, "choice": choice, "reaction_time_s": 0.1}
+            ),
+            t_go + NS // 10,
+            "events",
+        )
         t_trial_end = t + int(4.5 * NS)
         put(wire.Kind.TRIAL_EVENT, wire.json_bytes({"event": "trial_end", "trial": k}), t_trial_end, "events")
-        rec.log({"type": "trial", "trial": k, "instructed": side, "outcome": outcome, "choice": choice,
-                 "correct": outcome == "hit", "early_lick": False, "reaction_time_s": 0.1,
-                 "condition": "control" if cond == "control" else f"{cond}_alm", "light": light,
-                 "refused": [], "late_decisions": 0, "decision": {}, "t_start_rig_ns": t}, t_trial_end)
-        truth.append({"condition": str(cond), "correct": bool(ts.correct[j]), "instructed": int(ts.instructed[j])})
+        rec.log(
+            {
+                "type": "trial",
+                "trial": k,
+                "instructed": side,
+                "outcome": outcome,
+                "choice": choice,
+                "correct": outcome == "hit",
+                "early_lick": False,
+                "reaction_time_s": 0.1,
+                "condition": "control" if cond == "control" else f"{cond}_alm",
+                "light": light,
+                "refused": [],
+                "late_decisions": 0,
+                "decision": {},
+                "t_start_rig_ns": t,
+            },
+            t_trial_end,
+        )
+        truth.append(
+            {"condition": str(cond), "correct": bool(ts.correct[j]), "instructed": int(ts.instructed[j])}
+        )
         t = t_trial_end + NS  # 1 s ITI on the rig clock
     if dec_rows:
         rec.put_message(wire.Kind.DECODER_OUTPUT, np.array(dec_rows), t)
     tel = np.zeros((500, len(FIELDS)))
     tel[:, FIELDS.index("internal_us")] = rng.lognormal(np.log(40.0), 0.5, 500)
     rec.put_message(wire.Kind.TELEMETRY, tel, t)
-    rec.alarm({"alarm": "light_refused", "limit": "max_fraction_perturbed", "reason": "fraction 0.61 > 0.3",
-               "trial": 5}, t)
+    rec.alarm(
+        {
+            "alarm": "light_refused",
+            "limit": "max_fraction_perturbed",
+            "reason": "fraction 0.61 > 0.3",
+            "trial": 5,
+        },
+        t,
+    )
     rec.close()
-    write_json_atomic(directory / MANIFEST_NAME, {
-        "format": "rigd-session", "format_version": 1, "protocol": {
-            "name": "chen2021-early-delay", "text": PROTOCOL_TEXT, "sha256": "ab" * 32, "source": None},
-        "config": {"deadline_ms": 10.0, "mu_left": 0.6, "mu_right": 0.6, "seed": seed},
-        "calibration": {"limits": {"max_power_mw_per_spot": 10.0, "max_continuous_s": 1.3,
-                                   "energy_budget_j": 1.0, "energy_window_s": 600.0,
-                                   "max_fraction_perturbed": 0.3}},
-        "telemetry_fields": list(FIELDS), "counters": {"recorder_dropped": 0}, "started": "2026-01-01T00:00:00+00:00"})
+    write_json_atomic(
+        directory / MANIFEST_NAME,
+        {
+            "format": "rigd-session",
+            "format_version": 1,
+            "protocol": {
+                "name": "chen2021-early-delay",
+                "text": PROTOCOL_TEXT,
+                "sha256": "ab" * 32,
+                "source": None,
+            },
+            "config": {"deadline_ms": 10.0, "mu_left": 0.6, "mu_right": 0.6, "seed": seed},
+            "calibration": {
+                "limits": {
+                    "max_power_mw_per_spot": 10.0,
+                    "max_continuous_s": 1.3,
+                    "energy_budget_j": 1.0,
+                    "energy_window_s": 600.0,
+                    "max_fraction_perturbed": 0.3,
+                }
+            },
+            "telemetry_fields": list(FIELDS),
+            "counters": {"recorder_dropped": 0},
+            "started": "2026-01-01T00:00:00+00:00",
+        },
+    )
     return {"trials": truth}
 
 
@@ -148,7 +249,9 @@ def _png_size(path: Path) -> tuple[int, int]:
     return w, h
 
 
-def test_report_numbers_match_the_analysis_helpers(session: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_report_numbers_match_the_analysis_helpers(
+    session: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     d, truth = session
     t0 = time.monotonic()
     page = write_report(d, tmp_path / "out")
@@ -157,8 +260,9 @@ def test_report_numbers_match_the_analysis_helpers(session: tuple[Path, dict[str
     # performance: sim.analysis on the session's own trial summaries (completed trials, delivered light)
     s = Session.open(d)
     trials = s.trials()
-    cond = np.array([canonical_condition(t["light"]["hemisphere"] if t["light"] else t["condition"])
-                     for t in trials])
+    cond = np.array(
+        [canonical_condition(t["light"]["hemisphere"] if t["light"] else t["condition"]) for t in trials]
+    )
     correct = np.array([t["outcome"] == "hit" for t in trials])
     instructed = np.array([1 if t["instructed"] == "right" else -1 for t in trials], dtype=np.int8)
     expected = analysis.performance_by_condition(correct, cond, instructed)
@@ -169,15 +273,16 @@ def test_report_numbers_match_the_analysis_helpers(session: tuple[Path, dict[str
         assert got["fraction"] == pytest.approx(p.fraction, abs=1e-12)
         assert (got["ci_low"], got["ci_high"]) == pytest.approx((p.ci_low, p.ci_high), abs=1e-12)
     # and the session's performance is the generator's ground truth
-    assert nums["performance"]["control"]["correct"] == sum(t["correct"] for t in truth["trials"]
-                                                            if t["condition"] == "control")
+    assert nums["performance"]["control"]["correct"] == sum(
+        t["correct"] for t in truth["trials"] if t["condition"] == "control"
+    )
     # modularity: sim.analysis on counts binned here with rig.report.bin_by_trial's contract checked
     data = load_session(d, _NoSteps())
     go = [t.go_s for t in data.trials]
     binned, complete = bin_by_trial(data.t_frames_s, data.counts, go, data.frame_s)
     assert complete.all()
     _, t_rig, raw = s.counts()
-    first_go = int(round(go[0] * NS)) + int(t_rig[0])
+    first_go = round(go[0] * NS) + int(t_rig[0])
     in_trial0 = (t_rig > first_go + int(WINDOW_S[0] * NS)) & (t_rig <= first_go + int(WINDOW_S[1] * NS))
     assert binned[0].sum() == raw[in_trial0].astype(np.int64).sum()  # every spike of the trial, once
     t_s = WINDOW_S[0] + BIN_S * (np.arange(binned.shape[1]) + 0.5)
