@@ -350,7 +350,7 @@ def decoder_accuracy(
         times, acc = accuracy_over_time(decoder, ts, folds=folds)
         console.print(f"{s} ({ts.n_trials} trials, {decoder}):")
         for t, a in zip(times, acc, strict=True):
-            console.print(f"  t = {t:+.2f} s   accuracy {a:.3f}  " + "█" * int(round(40 * a)), highlight=False)
+            console.print(f"  t = {t:+.2f} s   accuracy {a:.3f}  " + "█" * round(40 * float(a)), highlight=False)
 
 
 @app.command()

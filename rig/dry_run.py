@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -104,7 +105,8 @@ def _make_decoder(mouse: SimulatedMouse, bin_s: float) -> OnlineDecoder:
 def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConfig | None = None,
             seed: int = 0, limits: SafetyLimits | None = None,
             estimator: Literal["auto", "decoder", "latent", "none"] = "auto",
-            controller: Controller | None = None) -> DryRunResult:
+            controller: Controller | None = None,
+            progress: Callable[[int], object] | None = None) -> DryRunResult:
     """Run ``protocol`` for ``n_trials`` completed trials on the simulated mouse, in-process.
 
     Args:
@@ -117,6 +119,7 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
             ("decoder"), the simulator's latent per hemisphere ("latent": the ideal decoder), or
             nothing; "auto" = decoder for closed-loop kinds, nothing for blocks.
         controller: use this controller instead of the one the protocol builds.
+        progress: called with the number of finished trials after each trial (progress bars).
 
     """
     proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
@@ -150,6 +153,8 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
             if name == "trial_end":
                 st = tracker.state
                 logs.append(ctrl.on_trial_end(st))
+                if progress is not None:
+                    progress(len(logs))
                 if dec is not None and st.outcome in ("hit", "error"):
                     dec.on_trial_end(st.trial, st.choice, st.instructed, st.outcome == "hit",
                                      use_for_fit=st.trial not in light_trials)

@@ -30,10 +30,10 @@ import numpy as np
 from controllers.base import Controller
 from controllers.protocol import Protocol, build_controller, check_protocol, load_protocol
 from controllers.trial_state import TrialTracker
-from decoders.online import OnlineDecoder
-from decoders.base import LEFT, RIGHT
 from decoders import load as load_decoder
 from decoders import registry as decoder_registry
+from decoders.base import LEFT, RIGHT
+from decoders.online import OnlineDecoder
 from hardware.calibration import load_calibration
 from hardware.interlock import LightInterlock
 from hardware.light_source import WireLightSource

@@ -26,7 +26,7 @@ class Histogram:
     """Log-binned latency histogram from 0.1 µs to 100 s, 200 bins per decade."""
 
     def __init__(self, lo_us: float = 0.1, hi_us: float = 1e8, per_decade: int = 200) -> None:
-        n = int(round(np.log10(hi_us / lo_us) * per_decade))
+        n = round(float(np.log10(hi_us / lo_us)) * per_decade)
         self.edges = lo_us * 10.0 ** (np.arange(n + 1) / per_decade)
         self.counts = np.zeros(n + 2, dtype=np.int64)  # [under, bins..., over]
         self.n = 0

@@ -30,7 +30,7 @@ def session_trialset(session_dir: Path | str, *, bin_s: float = 0.1, t_window_s:
         control_only: keep only trials without light (decoders are calibrated on control trials).
     """
     s = Session.open(session_dir)
-    seq, t_rig, counts = s.counts()
+    _, t_rig, counts = s.counts()
     if counts.shape[0] == 0:
         raise ValueError("the session has no spike-count frames")
     order = np.argsort(t_rig, kind="stable")

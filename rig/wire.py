@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +147,7 @@ def pack_header(
     """Pack a header; the payload size follows from dtype and shape."""
     if len(shape) > 2:
         raise WireError("shape", f"at most 2 dimensions, got shape {shape}")
-    dims = (tuple(shape) + (0, 0))[:2]
+    dims = (*tuple(shape), 0, 0)[:2]
     itemsize = 0 if dtype == DType.NONE else _NP_DTYPES[dtype].itemsize
     n = itemsize
     for s in shape:
@@ -228,7 +229,7 @@ def payload_json(header: Header, payload: bytes | memoryview) -> dict[str, Any]:
 
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -201,22 +201,21 @@ def test_control_plane_on_embedded_broker_status_telemetry_and_garbage(tmp_path:
 
 
 def test_mosquitto_broker_going_away_does_not_stall_the_loop_and_last_will_marks_offline(tmp_path: Path) -> None:
-    with mosquitto(tmp_path) as (url, broker):
-        with rigd(tmp_path, "--rig", "sim", "--mqtt", url, name="lab") as r:
-            r.wait_ready()
-            time.sleep(2.0)
-            first = r.status()
-            assert first["state"] == "running" and first["mqtt"] == url
-            broker.terminate()  # the lab broker goes away mid-session
-            broker.wait(5)
-            frames_before = first["frames"]
-            time.sleep(3.0)
-            # the loop keeps going without a broker: the manifest (rewritten every 5 s) shows frames
-            m = json.loads((r.session_dir() / "manifest.json").read_text())
-            assert m["counters"]["frames"] > frames_before + 1000
-            assert m["counters"].get("control_plane.disconnects", 0) >= 1
-            os.killpg(r.proc.pid, signal.SIGKILL)  # crash: no clean goodbye
-            r.wait(10)
+    with mosquitto(tmp_path) as (url, broker), rigd(tmp_path, "--rig", "sim", "--mqtt", url, name="lab") as r:
+        r.wait_ready()
+        time.sleep(2.0)
+        first = r.status()
+        assert first["state"] == "running" and first["mqtt"] == url
+        broker.terminate()  # the lab broker goes away mid-session
+        broker.wait(5)
+        frames_before = first["frames"]
+        time.sleep(3.0)
+        # the loop keeps going without a broker: the manifest (rewritten every 5 s) shows frames
+        m = json.loads((r.session_dir() / "manifest.json").read_text())
+        assert m["counters"]["frames"] > frames_before + 1000
+        assert m["counters"].get("control_plane.disconnects", 0) >= 1
+        os.killpg(r.proc.pid, signal.SIGKILL)  # crash: no clean goodbye
+        r.wait(10)
     # last will: with a broker up, a crashed rigd's status turns "offline"
     with mosquitto(tmp_path) as (url, _):
         with rigd(tmp_path, "--rig", "sim", "--mqtt", url, name="crash") as r:
