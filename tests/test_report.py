@@ -322,3 +322,23 @@ class _NoSteps:
     def advance(self, n: float = 1.0) -> None: ...
 
     def done(self, total: float) -> None: ...
+
+
+def test_report_on_the_exported_nwb_file_gives_the_same_numbers(
+    session: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    from rig.nwb_export import export_session
+
+    d, _ = session
+    direct = json.loads((write_report(d, tmp_path / "direct").parent / "report.json").read_text())
+    nwb = export_session(d, tmp_path / "session.nwb")
+    page = write_report(nwb, tmp_path / "nwb")
+    from_nwb = json.loads((page.parent / "report.json").read_text())
+    assert from_nwb["source"] == "nwb"
+    assert from_nwb["performance"] == direct["performance"]
+    for h in ("left", "right"):  # same spikes, same trials, same seed → the same neurons and M
+        assert from_nwb["modularity"][h]["units"] == direct["modularity"][h]["units"]
+        assert from_nwb["modularity"][h]["M"] == pytest.approx(direct["modularity"][h]["M"], rel=1e-9)
+    assert any("go_cue_time" in n for n in from_nwb["notes"])  # the assumption is stated on the page
+    for name in ("performance", "selectivity", "latency"):
+        assert _png_size(tmp_path / "nwb" / f"{name}.png") == (900, 450)
