@@ -1,15 +1,17 @@
 """The hot path: one frame in, at most one light command out, synchronously, on its own thread.
 
 This module owns rigd's two data-plane sockets (ingest SUB, command PUB; both bound here) and
-the per-frame chain::
+the per-frame chain, run for the rig that sent the frame::
 
     recv → validate header/sequence → trial tracker → decoder.step → controller.step
          → deadline check → light interlock (which alone sends the command) → telemetry stamp
 
-Every received message is handed, unparsed and uncopied, to the recorder. Nothing in the chain
-awaits, logs or does file I/O; errors are counted (rig/errors.py) and detailed off the path.
-Trial ends (labels for decoder calibration, per-trial logs) and decoder refits happen here too
-but outside the per-frame chain: a refit runs on a worker thread and is swapped in atomically.
+Each configured rig gets its own :class:`RigPipeline` (tracker, decoder, controller, interlock)
+when its first heartbeat describes it. Every received message is handed, unparsed and uncopied,
+to the recorder. Nothing in the chain awaits, logs or does file I/O; errors are counted
+(rig/errors.py) and detailed off the path. Trial ends (labels for decoder calibration, per-trial
+logs) happen here too but outside the per-frame chain, and decoder refits run on a worker thread
+and are swapped in between frames.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from controllers.base import Controller, Epoch, TrialState
+from controllers.base import Controller, Epoch
 from controllers.trial_state import TrialTracker
 from decoders.base import Estimate
 from decoders.online import OnlineDecoder
@@ -40,22 +42,12 @@ DECODER_FIELDS = ("seq", "t_rig_ns", "t_s", "value", "confidence", "left", "righ
 KNOWN_EVENTS = frozenset({"trial_start", "sample_on", "delay_on", "go_cue", "lick", "early_lick",
                           "outcome", "trial_end"})
 _SIDE = {"left": -1, "right": 1}
-
-
-@dataclass
-class RigInfo:
-    """What rigd knows about a connected rig (from its heartbeats)."""
-
-    rig_id: int
-    description: dict[str, Any]
-    n_units: int
-    last_heartbeat_ns: int
-    last_seq: dict[int, int] = field(default_factory=dict)
+AlarmFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class TrialBook:
-    """Per-trial bookkeeping the loop keeps until the trial's summary is logged."""
+    """Per-trial bookkeeping kept until the trial's summary is logged."""
 
     trial: int
     instructed: int = 0
@@ -70,18 +62,48 @@ class TrialBook:
     cd_end_delay: tuple[float, float] = (float("nan"), float("nan"))
 
 
+@dataclass
+class RigPipeline:
+    """One connected rig: its description, sequence state and its own closed loop."""
+
+    rig_id: int
+    description: dict[str, Any]
+    n_units: int
+    last_heartbeat_ns: int
+    tracker: TrialTracker
+    controller: Controller
+    interlock: LightInterlock
+    decoder: OnlineDecoder | None = None
+    last_seq: dict[int, int] = field(default_factory=dict)
+    books: dict[int, TrialBook] = field(default_factory=dict)
+    sent_commands: dict[int, dict[str, Any]] = field(default_factory=dict)
+    fit_future: concurrent.futures.Future[Any] | None = None
+    fit_decoder: OnlineDecoder | None = None
+    frames: int = 0
+    trials_done: int = 0
+
+
+@dataclass
+class PipelineFactory:
+    """How the supervisor builds the pure parts of a rig's pipeline."""
+
+    tracker: Callable[[], TrialTracker]
+    controller: Callable[[int], Controller]
+    interlock: Callable[[Callable[[bytes], None], AlarmFn], LightInterlock]
+    decoder: Callable[[dict[str, Any]], OnlineDecoder]
+
+
 class HotLoop:
     """The per-frame closed loop for one session. ``run`` blocks until ``stop`` is called.
 
     Args:
         ingest_endpoint / command_endpoint: endpoints to bind (``tcp://127.0.0.1:*`` picks a port).
         rig_ids: rig ids accepted; anything else is counted as ``unknown_rig``.
-        decoder_factory: builds the online decoder once a rig has described its units.
-        controller, tracker, interlock_factory: the pure parts, wired by the supervisor.
-            ``interlock_factory(send)`` builds the interlock around a function that puts a packed
-            light-command payload on the command socket; the loop never sees the light source.
+        parts: builds each rig's tracker, controller, interlock (around a function that puts a
+            packed light command on the command socket: the loop never sees the light source)
+            and online decoder (once the rig has described its units).
         deadline_ns: decision budget from frame receipt; a later decision is dropped, never sent.
-        on_alarm: called (from this thread) with every alarm dict; must be cheap and thread-safe.
+        on_alarm / on_trial: called from this thread; must be cheap and thread-safe.
         publish_estimates: also send every frame's estimate back on the command socket
             (DECODER_OUTPUT, float64 (8,): seq, t_rig_ns, cause t_send_ns, t_s, value,
             confidence, left, right) for rigs that show or act on the decoded state; it also
@@ -94,16 +116,12 @@ class HotLoop:
         ingest_endpoint: str,
         command_endpoint: str,
         rig_ids: set[int],
-        decoder_factory: Callable[[dict[str, Any]], OnlineDecoder],
-        controller: Controller,
-        tracker: TrialTracker,
-        interlock_factory: Callable[[Callable[[bytes], None], Callable[[dict[str, Any]], None]],
-                                    LightInterlock],
+        parts: PipelineFactory,
         recorder: Recorder,
         telemetry: LoopTelemetry,
         counters: Counters,
         deadline_ns: int = 10_000_000,
-        on_alarm: Callable[[dict[str, Any]], None] | None = None,
+        on_alarm: AlarmFn | None = None,
         on_trial: Callable[[dict[str, Any]], None] | None = None,
         context: zmq.Context[Any] | None = None,
         publish_estimates: bool = False,
@@ -120,37 +138,26 @@ class HotLoop:
         self.ingest_endpoint = self.sub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.command_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.rig_ids = set(rig_ids)
-        self.rigs: dict[int, RigInfo] = {}
-        self.decoder_factory = decoder_factory
-        self.decoder: OnlineDecoder | None = None
-        self._no_estimate = Estimate()
-        self.controller = controller
-        self.tracker = tracker
+        self.pipelines: dict[int, RigPipeline] = {}
+        self.parts = parts
         self.recorder = recorder
         self.telemetry = telemetry
         self.counters = counters
         self.deadline_ns = deadline_ns
         self._on_alarm = on_alarm
         self._on_trial = on_trial
+        self.publish_estimates = publish_estimates
         self._cmd_seq = 0
         self._hb_seq = 0
-        self._target_rig = next(iter(sorted(self.rig_ids))) if self.rig_ids else 1
-        self.interlock = interlock_factory(self._send_light, self._alarm)
-        self._stop = threading.Event()
-        self._all_off_requested = False
-        self._stopped = threading.Event()
+        self._est_seq = 0
+        self._est_out = np.zeros(8, dtype=np.float64)
+        self._no_estimate = Estimate()
         self._dec_buf = np.zeros((DECODER_CHUNK, len(DECODER_FIELDS)), dtype=np.float64)
         self._dec_n = 0
-        self.publish_estimates = publish_estimates
-        self._est_out = np.zeros(8, dtype=np.float64)
-        self._est_seq = 0
-        self._books: dict[int, TrialBook] = {}
-        self._sent_commands: dict[int, tuple[int, dict[str, Any]]] = {}
-        self.trials_done = 0
-        self.frames = 0
+        self._stop = threading.Event()
+        self._all_off_requested = False
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rigd-fit")
-        self._fit_future: concurrent.futures.Future[Any] | None = None
-        self._fit_decoder: OnlineDecoder | None = None
+        self.frames = 0
         self.thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -161,11 +168,11 @@ class HotLoop:
         self.thread.start()
 
     def request_all_off(self) -> None:
-        """Ask the loop thread to turn the light off now (thread-safe; used before the rig stops)."""
+        """Ask the loop thread to turn every light off now (thread-safe; before the rigs stop)."""
         self._all_off_requested = True
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the loop: light off, last records flushed to the recorder, sockets closed."""
+        """Stop the loop: light off, last records handed to the recorder, sockets closed."""
         self._stop.set()
         if self.thread is not None:
             self.thread.join(timeout_s)
@@ -182,7 +189,7 @@ class HotLoop:
                 now = time.monotonic_ns()
                 if self._all_off_requested:
                     self._all_off_requested = False
-                    self.interlock.all_off("session ending", now_ns=now)
+                    self._all_off("session ending", now)
                 if now >= next_hb:
                     self._heartbeat(now)
                     self._housekeeping(now)
@@ -198,16 +205,31 @@ class HotLoop:
                     if time.monotonic_ns() >= next_hb:
                         break
         finally:
-            self.interlock.all_off("session end", now_ns=time.monotonic_ns())
+            self._all_off("session end", time.monotonic_ns())
             self._flush_decoder_outputs()
             self.sub.close()
             self.pub.close()
-            self._stopped.set()
+
+    def _all_off(self, reason: str, now: int) -> None:
+        for p in self.pipelines.values():
+            p.interlock.all_off(reason, now_ns=now)
 
     def _housekeeping(self, now: int) -> None:
-        """Every heartbeat period: service watchdog, finished decoder refits."""
-        self.interlock.check_watchdog(now)
-        self._maybe_swap_decoder()
+        """Every heartbeat period: the interlocks' watchdogs, finished decoder refits."""
+        for p in self.pipelines.values():
+            p.interlock.check_watchdog(now)
+            self._maybe_swap_decoder(p)
+
+    # -- status (read from other threads: values may be a frame old) --------------------------
+
+    def decoder_status(self) -> dict[str, Any]:
+        """Per rig: the serving decoder's status."""
+        return {str(r): (p.decoder.status() if p.decoder is not None else {"ready": False})
+                for r, p in self.pipelines.items()}
+
+    def interlock_status(self) -> dict[str, Any]:
+        """Per rig: limits, energy used, refusals."""
+        return {str(r): p.interlock.status() for r, p in self.pipelines.items()}
 
     # -- outgoing -----------------------------------------------------------------------------
 
@@ -216,28 +238,29 @@ class HotLoop:
                            seq=self._hb_seq, t_rig_ns=now, t_send_ns=now)
         self._hb_seq += 1
         self.pub.send_multipart([h, p])
-        self.interlock.heartbeat(now)
+        for pl in self.pipelines.values():
+            pl.interlock.heartbeat(now)
 
-    def _send_light(self, payload: bytes) -> None:
-        """Put a packed light command (minted by the interlock) on the command socket."""
+    def _send_light(self, pl: RigPipeline, payload: bytes) -> None:
+        """Put a packed light command (minted by ``pl``'s interlock) on the command socket."""
         now = time.monotonic_ns()
-        h, p = wire.encode(wire.Kind.LIGHT_COMMAND, payload, rig_id=self._target_rig, stream_id=2,
+        h, p = wire.encode(wire.Kind.LIGHT_COMMAND, payload, rig_id=pl.rig_id, stream_id=2,
                            seq=self._cmd_seq, t_rig_ns=now, t_send_ns=now)
         self._cmd_seq += 1
         self.pub.send_multipart([h, p], copy=False)
         self.recorder.put(h, p, now)
         cmd = wire.unpack_light_command(payload)
-        book = self._books.get(cmd.trial)
         info = {"command_id": cmd.command_id, "action": cmd.action.name,
                 "hemisphere": _hemisphere_name(cmd.spots_left, cmd.spots_right),
                 "spots_left": cmd.spots_left, "spots_right": cmd.spots_right,
                 "power_mw_per_spot": round(cmd.power_mw_per_spot, 6),
                 "duration_s": round(cmd.duration_s, 6), "ramp_down_s": round(cmd.ramp_down_s, 6),
                 "waveform": cmd.waveform.name.lower(), "freq_hz": cmd.freq_hz,
-                "onset_t_s": self.tracker.state.t_s, "status": "sent"}
+                "onset_t_s": pl.tracker.state.t_s, "status": "sent"}
+        book = pl.books.get(cmd.trial)
         if book is not None and cmd.action == wire.LightAction.START:
             book.light = info
-        self._sent_commands[cmd.command_id] = (cmd.trial, info)
+        pl.sent_commands[cmd.command_id] = info
 
     def _alarm(self, alarm: dict[str, Any]) -> None:
         now = time.monotonic_ns()
@@ -246,7 +269,7 @@ class HotLoop:
             alarm["source"] = "interlock" if "limit" in alarm else "rigd"
         if "message" not in alarm:
             alarm["message"] = str(alarm.get("reason", alarm.get("alarm", "")))
-        self.counters.inc(f"alarms.{alarm.get('source', 'rigd')}")
+        self.counters.inc(f"alarms.{alarm['source']}")
         self.recorder.alarm(alarm, now)
         if self._on_alarm is not None:
             self._on_alarm(alarm)
@@ -255,8 +278,7 @@ class HotLoop:
 
     def _on_message(self, frames: list[zmq.Frame], t_recv: int) -> None:
         if len(frames) != 2:
-            self.counters.error("ingest", "frames", f"expected 2 frames (header, payload), got "
-                                f"{len(frames)}")
+            self.counters.error("ingest", "frames", f"expected 2 frames (header, payload), got {len(frames)}")
             return
         hbuf = frames[0].buffer
         pbuf = frames[1].buffer
@@ -266,54 +288,55 @@ class HotLoop:
         except wire.WireError as exc:
             self.counters.error("ingest", exc.reason, str(exc))
             return
-        rig = self.rigs.get(h.rig_id)
         if h.rig_id not in self.rig_ids:
             self.counters.error("ingest", "unknown_rig", f"rig id {h.rig_id} is not configured; "
                                 f"expected one of {sorted(self.rig_ids)}", rig_id=h.rig_id)
             return
+        pl = self.pipelines.get(h.rig_id)
         # sequence numbers per (rig, stream): duplicates and out-of-order are dropped, gaps counted
-        if rig is not None:
-            last = rig.last_seq.get(h.stream_id)
+        if pl is not None:
+            last = pl.last_seq.get(h.stream_id)
             if last is not None:
                 if h.seq == last:
-                    self.counters.error("ingest", "duplicate_seq", f"rig {h.rig_id} stream "
-                                        f"{h.stream_id}: seq {h.seq} received twice")
+                    self.counters.error("ingest", "duplicate_seq",
+                                        f"rig {h.rig_id} stream {h.stream_id}: seq {h.seq} received twice")
                     return
                 if h.seq < last:
-                    self.counters.error("ingest", "out_of_order_seq", f"rig {h.rig_id} stream "
-                                        f"{h.stream_id}: seq {h.seq} after {last}")
+                    self.counters.error("ingest", "out_of_order_seq",
+                                        f"rig {h.rig_id} stream {h.stream_id}: seq {h.seq} after {last}")
                     return
                 if h.seq > last + 1:
                     self.counters.inc("ingest.missing_seq", h.seq - last - 1)
-            rig.last_seq[h.stream_id] = h.seq
+            pl.last_seq[h.stream_id] = h.seq
         kind = h.kind
         if kind == wire.Kind.SPIKE_COUNTS:
-            if rig is None:
-                self.counters.error("ingest", "undescribed_rig", f"rig {h.rig_id} sent counts "
-                                    "before any heartbeat describing its units")
+            if pl is None:
+                self.counters.error("ingest", "undescribed_rig", f"rig {h.rig_id} sent counts before any "
+                                    "heartbeat describing its units")
                 return
-            n = h.shape[-1] if h.shape else 0
-            if n != rig.n_units or len(h.shape) != 1:
-                self.counters.error("ingest", "shape", f"SPIKE_COUNTS from rig {h.rig_id}: expected "
-                                    f"shape ({rig.n_units},), got {h.shape}")
+            if len(h.shape) != 1 or h.shape[0] != pl.n_units:
+                self.counters.error("ingest", "shape", f"SPIKE_COUNTS from rig {h.rig_id}: expected shape "
+                                    f"({pl.n_units},), got {h.shape}")
                 return
             self.recorder.put(hbuf, pbuf, t_recv)
-            self._on_counts(h, wire.payload_array(h, pbuf), t_recv)
+            self._on_counts(pl, h, wire.payload_array(h, pbuf), t_recv)
         elif kind == wire.Kind.TRIAL_EVENT:
             try:
                 ev = wire.payload_json(h, pbuf)
                 name, trial = ev.get("event"), ev.get("trial")
                 if not isinstance(name, str) or not isinstance(trial, int) or trial < 0:
-                    raise wire.WireError("event", f"TRIAL_EVENT needs 'event' (str) and 'trial' "
-                                         f"(int ≥ 0), got event={name!r} trial={trial!r}")
+                    raise wire.WireError("event", f"TRIAL_EVENT needs 'event' (str) and 'trial' (int ≥ 0), "
+                                         f"got event={name!r} trial={trial!r}")
                 if name not in KNOWN_EVENTS:
-                    raise wire.WireError("event", f"unknown event {name!r}; expected one of "
-                                         f"{sorted(KNOWN_EVENTS)}")
+                    raise wire.WireError("event", f"unknown event {name!r}; expected one of {sorted(KNOWN_EVENTS)}")
             except wire.WireError as exc:
                 self.counters.error("events", exc.reason, str(exc))
                 return
             self.recorder.put(hbuf, pbuf, t_recv)
-            self._on_event(ev, h.t_rig_ns)
+            if pl is None:
+                self.counters.inc("events.undescribed_rig")
+                return
+            self._on_event(pl, ev, h.t_rig_ns)
         elif kind == wire.Kind.LIGHT_ACK:
             try:
                 ack = wire.unpack_light_ack(pbuf)
@@ -321,68 +344,83 @@ class HotLoop:
                 self.counters.error("acks", exc.reason, str(exc))
                 return
             self.recorder.put(hbuf, pbuf, t_recv)
-            self._on_ack(ack)
+            if pl is not None:
+                self._on_ack(pl, ack)
         elif kind == wire.Kind.HEARTBEAT:
-            try:
-                desc = wire.payload_json(h, pbuf)
-                n_units = int(desc.get("n_units", -1))
-                if n_units < 0:
-                    raise wire.WireError("heartbeat", "rig heartbeat must describe 'n_units' (int ≥ 0)")
-            except (wire.WireError, TypeError, ValueError) as exc:
-                self.counters.error("heartbeat", getattr(exc, "reason", "heartbeat"), str(exc))
-                return
-            if rig is None or rig.description != desc:
-                self.recorder.put(hbuf, pbuf, t_recv)
-            if rig is None or rig.n_units != n_units:
-                self._new_decoder(desc)
-            if rig is None:
-                self.rigs[h.rig_id] = RigInfo(h.rig_id, desc, n_units, t_recv, {h.stream_id: h.seq})
-            else:
-                rig.description, rig.n_units, rig.last_heartbeat_ns = desc, n_units, t_recv
+            self._on_heartbeat(pl, h, hbuf, pbuf, t_recv)
         elif kind in (wire.Kind.SPIKE_EVENTS, wire.Kind.RAW_SAMPLES):
             self.recorder.put(hbuf, pbuf, t_recv)
             self.counters.inc(f"ingest.{kind.name.lower()}")
         else:
-            self.counters.error("ingest", "kind", f"rigs may not send {kind.name}; expected "
-                                "SPIKE_COUNTS, SPIKE_EVENTS, RAW_SAMPLES, TRIAL_EVENT, LIGHT_ACK or HEARTBEAT")
+            self.counters.error("ingest", "kind", f"rigs may not send {kind.name}; expected SPIKE_COUNTS, "
+                                "SPIKE_EVENTS, RAW_SAMPLES, TRIAL_EVENT, LIGHT_ACK or HEARTBEAT")
 
-    def _new_decoder(self, desc: dict[str, Any]) -> None:
-        """A rig described (or re-described) its units: build a fresh online decoder for them."""
+    def _on_heartbeat(self, pl: RigPipeline | None, h: wire.Header, hbuf: memoryview, pbuf: memoryview,
+                      t_recv: int) -> None:
         try:
-            self.decoder = self.decoder_factory(desc)
-        except (ValueError, TypeError, KeyError) as exc:
-            self.decoder = None
-            self._alarm({"source": "decoder", "severity": "error",
-                         "message": f"cannot build a decoder for rig description {desc}: {exc}"})
+            desc = wire.payload_json(h, pbuf)
+            n_units = int(desc.get("n_units", -1))
+            if n_units < 0:
+                raise wire.WireError("heartbeat", "rig heartbeat must describe 'n_units' (int ≥ 0)")
+        except (wire.WireError, TypeError, ValueError) as exc:
+            self.counters.error("heartbeat", getattr(exc, "reason", "heartbeat"), str(exc))
             return
-        self._fit_future = None
-        self.recorder.log({"type": "decoder", "event": "created", "status": self.decoder.status()},
-                          time.monotonic_ns())
+        if pl is None or pl.description != desc:
+            self.recorder.put(hbuf, pbuf, t_recv)
+        if pl is None:
+            pl = self._new_pipeline(h.rig_id, desc, n_units, t_recv)
+            pl.last_seq[h.stream_id] = h.seq
+        elif pl.n_units != n_units:
+            pl.n_units = n_units
+            pl.decoder = self._new_decoder(pl.rig_id, desc)
+        pl.description, pl.last_heartbeat_ns = desc, t_recv
 
-    def _on_counts(self, h: wire.Header, counts: np.ndarray[Any, Any], t_recv: int) -> None:
+    def _new_pipeline(self, rig_id: int, desc: dict[str, Any], n_units: int, now: int) -> RigPipeline:
+        """A configured rig described itself: build its closed loop."""
+        holder: list[RigPipeline] = []
+        interlock = self.parts.interlock(lambda payload: self._send_light(holder[0], payload), self._alarm)
+        pl = RigPipeline(rig_id, desc, n_units, now, self.parts.tracker(), self.parts.controller(rig_id),
+                         interlock)
+        holder.append(pl)
+        interlock.heartbeat(now)
+        pl.decoder = self._new_decoder(rig_id, desc)
+        self.pipelines[rig_id] = pl
+        self.recorder.log({"type": "rig", "event": "connected", "rig_id": rig_id, "description": desc}, now)
+        return pl
+
+    def _new_decoder(self, rig_id: int, desc: dict[str, Any]) -> OnlineDecoder | None:
+        try:
+            dec = self.parts.decoder(desc)
+        except (ValueError, TypeError, KeyError, OSError) as exc:
+            self._alarm({"source": "decoder", "severity": "error", "rig_id": rig_id,
+                         "message": f"cannot build a decoder for rig {rig_id} ({desc}): {exc}"})
+            return None
+        self.recorder.log({"type": "decoder", "event": "created", "rig_id": rig_id, "status": dec.status()},
+                          time.monotonic_ns())
+        return dec
+
+    def _on_counts(self, pl: RigPipeline, h: wire.Header, counts: np.ndarray[Any, Any], t_recv: int) -> None:
         """The per-frame chain."""
         t_parsed = time.monotonic_ns()
-        state = self.tracker.on_frame(h.t_rig_ns)
-        dec = self.decoder
+        state = pl.tracker.on_frame(h.t_rig_ns)
+        dec = pl.decoder
         est = dec.step(counts, h.seq, state.t_s) if dec is not None else self._no_estimate
         t_decoded = time.monotonic_ns()
-        req = self.controller.step(state, est, h.t_rig_ns)
+        req = pl.controller.step(state, est, h.t_rig_ns)
         t_controlled = time.monotonic_ns()
         t_sent = t_controlled
         if req is not None:
+            book = pl.books.get(state.trial)
             if t_controlled - t_recv > self.deadline_ns:
-                self.counters.inc("late_decisions")
-                book = self._books.get(state.trial)
+                self.counters.inc("late_decisions")  # late decision → no light
                 if book is not None:
                     book.late_decisions += 1
             else:
-                decision = self.interlock.request(
+                decision = pl.interlock.request(
                     req, now_ns=t_controlled, cause_seq=h.seq, cause_t_rig_ns=h.t_rig_ns,
                     cause_t_send_ns=h.t_send_ns, deadline_rig_ns=h.t_rig_ns + self.deadline_ns)
-                if not decision.approved:
-                    book = self._books.get(state.trial)
-                    if book is not None:
-                        book.refused.append(decision.reason)
+                if not decision.approved and book is not None:
+                    book.refused.append(decision.reason)
         if self.publish_estimates:
             self._publish_estimate(h, est)
         if req is not None or self.publish_estimates:
@@ -390,9 +428,10 @@ class HotLoop:
         self.telemetry.record(h.seq, t_recv, t_parsed, t_decoded, t_controlled, t_sent)
         self._record_estimate(h, est)
         if state.epoch == Epoch.DELAY and -0.35 < state.t_s <= 0.0:
-            book = self._books.get(state.trial)
+            book = pl.books.get(state.trial)
             if book is not None:
                 book.cd_end_delay = (est.left, est.right)
+        pl.frames += 1
         self.frames += 1
 
     def _publish_estimate(self, h: wire.Header, est: Estimate) -> None:
@@ -405,9 +444,8 @@ class HotLoop:
         o[5] = est.confidence
         o[6] = est.left
         o[7] = est.right
-        hdr = wire.pack_header(wire.Kind.DECODER_OUTPUT, wire.DType.F64, (8,), rig_id=h.rig_id,
-                               stream_id=4, seq=self._est_seq, t_rig_ns=h.t_rig_ns,
-                               t_send_ns=time.monotonic_ns())
+        hdr = wire.pack_header(wire.Kind.DECODER_OUTPUT, wire.DType.F64, (8,), rig_id=h.rig_id, stream_id=4,
+                               seq=self._est_seq, t_rig_ns=h.t_rig_ns, t_send_ns=time.monotonic_ns())
         self._est_seq += 1
         self.pub.send_multipart([hdr, o])
 
@@ -430,43 +468,42 @@ class HotLoop:
             self.recorder.put_message(wire.Kind.DECODER_OUTPUT, self._dec_buf[: self._dec_n].copy(), now)
             self._dec_n = 0
 
-    def _on_ack(self, ack: wire.LightAckFields) -> None:
+    def _on_ack(self, pl: RigPipeline, ack: wire.LightAckFields) -> None:
         if ack.status in (wire.AckStatus.APPLIED, wire.AckStatus.LATE) and ack.cause_t_send_ns:
             self.telemetry.add_e2e((ack.t_received_rig_ns - ack.cause_t_send_ns) * 1e-3)
-        sent = self._sent_commands.get(ack.command_id)
+        sent = pl.sent_commands.get(ack.command_id)
         if sent is not None:
-            sent[1]["status"] = ack.status.name.lower()
+            sent["status"] = ack.status.name.lower()
             if ack.t_light_change_rig_ns:
-                sent[1]["t_light_change_rig_ns"] = ack.t_light_change_rig_ns
+                sent["t_light_change_rig_ns"] = ack.t_light_change_rig_ns
         if ack.status == wire.AckStatus.LATE:
             self.counters.inc("late_at_rig")
         elif ack.status == wire.AckStatus.WATCHDOG_OFF:
-            self._alarm({"source": "rig_watchdog", "severity": "error",
-                         "message": "the rig's watchdog turned the light off (no heartbeat from rigd)"})
+            self._alarm({"source": "rig_watchdog", "rig_id": pl.rig_id,
+                         "message": f"rig {pl.rig_id}'s watchdog turned the light off (no heartbeat from rigd)"})
         elif ack.status == wire.AckStatus.INVALID:
-            self._alarm({"source": "rig", "severity": "error",
-                         "message": f"the rig refused light command {ack.command_id} as invalid"})
+            self._alarm({"source": "rig", "rig_id": pl.rig_id,
+                         "message": f"rig {pl.rig_id} refused light command {ack.command_id} as invalid"})
 
-    def _on_event(self, ev: dict[str, Any], t_rig_ns: int) -> None:
+    def _on_event(self, pl: RigPipeline, ev: dict[str, Any], t_rig_ns: int) -> None:
         name = ev["event"]
         trial = int(ev["trial"])
         if name == "trial_start":
-            # a trial whose end we never saw is closed now (robust to a lost trial_end)
-            for t in [t for t in self._books if t < trial]:
-                self._finish_trial(t)
-            self._books[trial] = TrialBook(trial, _SIDE.get(str(ev.get("instructed")), 0),
-                                           t_start_rig_ns=t_rig_ns)
-            self.tracker.on_event(ev, t_rig_ns)
-            if self.decoder is not None:
-                self.decoder.on_trial_start(trial)
-            self.interlock.on_trial_start(trial)
+            # a trial whose end never arrived is closed now (robust to a lost trial_end)
+            for t in [t for t in pl.books if t < trial]:
+                self._finish_trial(pl, t)
+            pl.books[trial] = TrialBook(trial, _SIDE.get(str(ev.get("instructed")), 0), t_start_rig_ns=t_rig_ns)
+            pl.tracker.on_event(ev, t_rig_ns)
+            if pl.decoder is not None:
+                pl.decoder.on_trial_start(trial)
+            pl.interlock.on_trial_start(trial)
             return
-        book = self._books.get(trial)
         if name == "trial_end":
-            self._finish_trial(trial)  # controllers read the state before the tracker leaves the trial
-            self.tracker.on_event(ev, t_rig_ns)
+            self._finish_trial(pl, trial)  # controllers read the state before the tracker leaves the trial
+            pl.tracker.on_event(ev, t_rig_ns)
             return
-        self.tracker.on_event(ev, t_rig_ns)
+        pl.tracker.on_event(ev, t_rig_ns)
+        book = pl.books.get(trial)
         if book is None:
             self.counters.inc("events.without_trial_start")
             return
@@ -480,60 +517,59 @@ class HotLoop:
             if book.outcome == "early_lick":
                 book.early_lick = True
 
-    def _finish_trial(self, trial: int) -> None:
-        book = self._books.pop(trial, None)
+    def _finish_trial(self, pl: RigPipeline, trial: int) -> None:
+        book = pl.books.pop(trial, None)
         if book is None:
             return
-        state: TrialState = self.tracker.state
-        decision = self.controller.on_trial_end(state) if state.trial == trial else {}
+        state = pl.tracker.state
+        decision = pl.controller.on_trial_end(state) if state.trial == trial else {}
         perturbed = bool(book.light)
         correct = book.outcome == "hit"
         usable = (not perturbed) and (not book.early_lick) and book.choice != 0
-        if self.decoder is not None and self.decoder.on_trial_end(
-                trial, book.choice, book.instructed, correct, usable):
-            self._submit_refit()
+        if pl.decoder is not None and pl.decoder.on_trial_end(trial, book.choice, book.instructed, correct, usable):
+            self._submit_refit(pl)
         condition = decision.get("condition") or (book.light.get("hemisphere") if perturbed else "control")
         summary: dict[str, Any] = {
-            "type": "trial", "trial": trial,
+            "type": "trial", "rig_id": pl.rig_id, "trial": trial,
             "instructed": {1: "right", -1: "left"}.get(book.instructed),
             "outcome": book.outcome or "unknown",
             "choice": {1: "right", -1: "left"}.get(book.choice),
-            "correct": correct, "early_lick": book.early_lick,
-            "reaction_time_s": book.reaction_time_s,
-            "condition": condition, "light": book.light or None,
-            "refused": book.refused, "late_decisions": book.late_decisions,
-            "decision": decision, "cd_end_delay_left": _finite(book.cd_end_delay[0]),
+            "correct": correct, "early_lick": book.early_lick, "reaction_time_s": book.reaction_time_s,
+            "condition": condition, "light": book.light or None, "refused": book.refused,
+            "late_decisions": book.late_decisions, "decision": decision,
+            "cd_end_delay_left": _finite(book.cd_end_delay[0]),
             "cd_end_delay_right": _finite(book.cd_end_delay[1]),
             "t_start_rig_ns": book.t_start_rig_ns,
         }
         self.recorder.log(summary, time.monotonic_ns())
-        self.trials_done += 1
+        pl.trials_done += 1
         if self._on_trial is not None:
             self._on_trial(summary)
 
     # -- decoder refits (worker thread) -------------------------------------------------------
 
-    def _submit_refit(self) -> None:
-        if self._fit_future is not None or self.decoder is None:
+    def _submit_refit(self, pl: RigPipeline) -> None:
+        if pl.fit_future is not None or pl.decoder is None:
             return
-        self._fit_decoder = self.decoder
-        self._fit_future = self._pool.submit(self.decoder.prepare_fit())
+        pl.fit_decoder = pl.decoder
+        pl.fit_future = self._pool.submit(pl.decoder.prepare_fit())
 
-    def _maybe_swap_decoder(self) -> None:
-        fut = self._fit_future
+    def _maybe_swap_decoder(self, pl: RigPipeline) -> None:
+        fut = pl.fit_future
         if fut is None or not fut.done():
             return
-        self._fit_future = None
+        pl.fit_future = None
         try:
             result = fut.result()
         except Exception as exc:  # a failed fit must not stop the loop
             self.counters.inc("decoder.fit_errors")
             self._alarm({"source": "decoder", "severity": "warning", "message": f"decoder fit failed: {exc}"})
             return
-        if self.decoder is not self._fit_decoder or self.decoder is None:
+        if pl.decoder is None or pl.decoder is not pl.fit_decoder:
             return  # the rig re-described itself meanwhile: this fit is for an old decoder
-        self.decoder.swap(result)
-        self.recorder.log({"type": "decoder_fit", "status": self.decoder.status()}, time.monotonic_ns())
+        pl.decoder.swap(result)
+        self.recorder.log({"type": "decoder_fit", "rig_id": pl.rig_id, "status": pl.decoder.status()},
+                          time.monotonic_ns())
 
 
 def _finite(x: float) -> float | None:

@@ -100,7 +100,7 @@ def export_session(session_dir: Path | str, output: Path | None = None) -> Path:
 
     # trials
     events = s.events()
-    starts = {e["trial"]: e["t_rig_ns"] for e in events if e["event"] == "trial_start"}
+    starts = {e["trial"]: e for e in events if e["event"] == "trial_start"}
     ends = {e["trial"]: e["t_rig_ns"] for e in events if e["event"] == "trial_end"}
     cols = [("instructed_side", "instructed lick side (left/right)"),
             ("outcome", "hit, error, ignore or early_lick"),
@@ -111,7 +111,8 @@ def export_session(session_dir: Path | str, output: Path | None = None) -> Path:
             ("photostim_onset", "light onset relative to the go cue (s; nan if none)"),
             ("photostim_duration", "light duration incl. ramp-down (s; 0 if none)"),
             ("photostim_power", "time-averaged power per spot (mW; 0 if none)"),
-            ("photostim_status", "what the rig reported for the light command")]
+            ("photostim_status", "what the rig reported for the light command"),
+            ("go_cue_time", "planned go-cue time (s, session clock); epochs are aligned to it")]
     for name, description in cols:
         nwb.add_trial_column(name, description)
     last_t = sec(t_rig[-1])
@@ -120,7 +121,7 @@ def export_session(session_dir: Path | str, output: Path | None = None) -> Path:
         if k not in starts:
             continue
         light = tr.get("light") or {}
-        start = sec(starts[k])
+        start = sec(starts[k]["t_rig_ns"])
         stop = sec(ends[k]) if k in ends else min(last_t, start + 30.0)
         rt = tr.get("reaction_time_s")
         onset = light.get("onset_t_s")
@@ -132,7 +133,8 @@ def export_session(session_dir: Path | str, output: Path | None = None) -> Path:
             photostim_onset=float(onset) if onset is not None else np.nan,
             photostim_duration=float(light.get("duration_s", 0.0)),
             photostim_power=float(light.get("power_mw_per_spot", 0.0)),
-            photostim_status=str(light.get("status", "none")))
+            photostim_status=str(light.get("status", "none")),
+            go_cue_time=sec(starts[k].get("t_go_ns", starts[k]["t_rig_ns"])))
 
     # optogenetics: one site per hemisphere, commanded time-averaged power per spot
     device = nwb.create_device(name="light_source", description="rig light source behind rigd's interlock "

@@ -327,7 +327,7 @@ class Session:
     def decoder_outputs(self) -> npt.NDArray[np.float64]:
         """Decoder outputs, one row per frame: seq, t_rig_ns, t_s, value, confidence, left, right."""
         parts = [wire.payload_array(r.header, r.payload).reshape(-1, r.header.shape[-1])
-                 for r in self.records(wire.Kind.DECODER_OUTPUT, RIGD_RIG_ID)]
+                 for r in self.records(wire.Kind.DECODER_OUTPUT, RIGD_RIG_ID) if r.header.payload_nbytes]
         return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 7))
 
     def telemetry(self) -> npt.NDArray[np.float64]:

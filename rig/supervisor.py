@@ -42,7 +42,7 @@ from rig.broker import embedded_broker
 from rig.config import ServiceConfig, runtime_dir
 from rig.control_plane import ControlPlane
 from rig.errors import Counters
-from rig.loop import DECODER_FIELDS, HotLoop
+from rig.loop import DECODER_FIELDS, HotLoop, PipelineFactory
 from rig.progress import Progress, TrialStats
 from rig.session import MANIFEST_NAME, Recorder, write_json_atomic
 from rig.telemetry import FIELDS as TELEMETRY_FIELDS
@@ -93,12 +93,11 @@ class Service:
         self.control: ControlPlane | None = None
         self.state = "starting"
         self.calibration = load_calibration(cfg.calibration)
-        self.controller: Controller = build_controller(protocol, seed=cfg.seed)
-        self.tracker = TrialTracker()
+        parts = PipelineFactory(tracker=TrialTracker, controller=self._make_controller,
+                                interlock=self._make_interlock, decoder=self._make_decoder)
         self.hot = HotLoop(
             ingest_endpoint=cfg.ingest_endpoint, command_endpoint=cfg.command_endpoint,
-            rig_ids=set(cfg.rig_ids), decoder_factory=self._make_decoder, controller=self.controller,
-            tracker=self.tracker, interlock_factory=self._make_interlock, recorder=self.recorder,
+            rig_ids=set(cfg.rig_ids), parts=parts, recorder=self.recorder,
             telemetry=self.telemetry, counters=self.counters, deadline_ns=int(cfg.deadline_ms * 1e6),
             on_alarm=self._alarm_from_thread, on_trial=self._trial_from_thread,
             publish_estimates=cfg.publish_estimates)
@@ -118,11 +117,22 @@ class Service:
             online.swap(load_decoder(self.cfg.decoder_file))
         return online
 
+    def _make_controller(self, rig_id: int) -> Controller:
+        """Each rig runs the session's protocol with its own seeded controller."""
+        return build_controller(self.protocol, seed=self.cfg.seed + rig_id - self.cfg.rig_ids[0])
+
     def decoder_status(self) -> dict[str, Any]:
-        """The serving decoder's status (or why there is none yet)."""
-        d = self.hot.decoder
-        return d.status() if d is not None else {"decoder": self.cfg.decoder, "ready": False,
-                                                  "state": "waiting for a rig description"}
+        """The first rig's serving decoder (or why there is none yet); all rigs under ``by_rig``."""
+        by_rig = self.hot.decoder_status()
+        first = by_rig.get(str(self.cfg.rig_ids[0]), {"decoder": self.cfg.decoder, "ready": False,
+                                                      "state": "waiting for the rig to describe its units"})
+        return {**first, "by_rig": by_rig} if len(by_rig) > 1 else first
+
+    def interlock_status(self) -> dict[str, Any]:
+        """The first rig's interlock status; all rigs under ``by_rig``."""
+        by_rig = self.hot.interlock_status()
+        first = by_rig.get(str(self.cfg.rig_ids[0]), {"limits": self.calibration.safety_limits().model_dump()})
+        return {**first, "by_rig": by_rig} if len(by_rig) > 1 else first
 
     def _make_interlock(self, send: Callable[[bytes], None],
                         on_alarm: Callable[[dict[str, Any]], None]) -> LightInterlock:
@@ -179,11 +189,11 @@ class Service:
                            "internal_commanded": lat["internal_commanded"]},
             "counters": self.counter_snapshot(), "errors": self.counters.total_errors(),
             "alarms": self.n_alarms, "last_alarms": list(self.alarms)[-5:],
-            "decoder": self.decoder_status(), "interlock": self.hot.interlock.status(),
+            "decoder": self.decoder_status(), "interlock": self.interlock_status(),
             "protocol": {"name": self.protocol.name, "sha256": self.protocol.sha256},
             "mqtt": self.mqtt_url, "ui": self.ui_url,
             "endpoints": {"ingest": self.hot.ingest_endpoint, "command": self.hot.command_endpoint},
-            "rigs": {str(k): v.description for k, v in self.hot.rigs.items()},
+            "rigs": {str(k): v.description for k, v in self.hot.pipelines.items()},
         }
 
     def manifest(self) -> dict[str, Any]:
@@ -199,10 +209,10 @@ class Service:
             "stop_reason": self.stop_reason, "state": self.state,
             "counters": self.counter_snapshot(), "latency_us": self.telemetry_summary(),
             "trials_done": self.stats.n, "outcomes": self.stats.table(),
-            "decoder": self.decoder_status(), "interlock": self.hot.interlock.status(),
+            "decoder": self.decoder_status(), "interlock": self.interlock_status(),
             "calibration": self.calibration.model_dump(mode="json"),
             "telemetry_fields": list(TELEMETRY_FIELDS), "decoder_fields": list(DECODER_FIELDS),
-            "rigs": {str(k): v.description for k, v in self.hot.rigs.items()},
+            "rigs": {str(k): v.description for k, v in self.hot.pipelines.items()},
         }
 
     def write_manifest(self) -> None:
