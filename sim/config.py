@@ -3,7 +3,7 @@
 This module owns :class:`MouseConfig`, the single validated boundary of the simulator. Every
 number has its unit in its name and its source in a comment (science.md section and tag). The
 model code downstream trusts these values and never re-validates them. It must not import
-sockets, clocks or anything of ``rig`` beyond nothing at all: it is pure configuration.
+sockets, clocks or anything of ``rig``: it is pure configuration.
 """
 
 from __future__ import annotations
