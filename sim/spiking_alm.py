@@ -34,7 +34,9 @@ HEMIS = ("L", "R")
 
 @dataclass(frozen=True)
 class SpikingALMParams:
-    """Parameters. Couplings ``J_*`` are in *drive* units: the steady drive onto one neuron when
+    """Parameters of the spiking ALM.
+
+    Couplings ``J_*`` are in *drive* units: the steady drive onto one neuron when
     the whole presynaptic population fires one spike per step; threshold is reached at a drive of
     0.5 (with τ_syn = 20 and τ_m = 10 steps: v_ss = drive · 64 · 20 · 10 = 0.5 · 12,800 = vth · 64).
     Integer weights and ``weight_exp`` are derived per connection from J and the fan-in.
@@ -74,6 +76,11 @@ def _weight(w_eff: float) -> tuple[int, int]:
     return round(w_eff * 2.0**-e), e
 
 
+def _gain(du: int, dv: int) -> float:
+    """Steady-state gain (steps²) from a constant input to v: 1 / ((du + 1)/4096 · dv/4096)."""
+    return 1.0 / ((du + 1) / 4096 * dv / 4096)
+
+
 def _block(rng: np.random.Generator, n_pre: int, n_post: int, p: float,
            pre_off: int = 0, post_off: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     mask = rng.random((n_post, n_pre)) < p
@@ -81,7 +88,8 @@ def _block(rng: np.random.Generator, n_pre: int, n_post: int, p: float,
     return pre + pre_off, post + post_off
 
 
-def _conn(name: str, source: str, target: str, blocks: list[tuple[npt.NDArray[np.int64], ...]],
+def _conn(name: str, source: str, target: str,
+          blocks: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]],
           J: float, fan_in: float) -> Connection:
     w, e = _weight(J / max(fan_in, 1e-9))
     pre = np.concatenate([b[0] for b in blocks])
@@ -91,9 +99,11 @@ def _conn(name: str, source: str, target: str, blocks: list[tuple[npt.NDArray[np
 
 
 def build_network(units_per_hemisphere: int, seed: int, params: SpikingALMParams | None = None) -> Network:
-    """The bilateral network: populations ``E_L``, ``E_R`` (each ``units_per_hemisphere`` cells:
-    first half the lick-left pool, second half the lick-right pool) and ``I_L``, ``I_R``; input
-    ports ``bg`` (all cells), ``drive`` and ``light`` (E cells); outputs ``E_L``, ``E_R``.
+    """The bilateral network description (fixed point).
+
+    Populations ``E_L``, ``E_R`` (each ``units_per_hemisphere`` cells: first half the lick-left
+    pool, second half the lick-right pool) and ``I_L``, ``I_R``; input ports ``bg`` (all cells),
+    ``drive`` and ``light`` (E cells); outputs ``E_L``, ``E_R``.
     """
     prm = params or SpikingALMParams()
     if units_per_hemisphere < 4 or units_per_hemisphere % 2:
@@ -105,8 +115,7 @@ def build_network(units_per_hemisphere: int, seed: int, params: SpikingALMParams
     p = prm.p_conn
     pops, conns = [], []
     # drive onto I is scaled by the ratio of steady-state gains (E integrates ≈ τ_s·τ_m, I ≈ τ_m)
-    gain = lambda du, dv: 1.0 / ((du + 1) / 4096 * dv / 4096)  # noqa: E731
-    g_i = gain(prm.du, prm.dv) / gain(min(prm.du_i, 4095), prm.dv_i) * prm.vth_i / prm.vth
+    g_i = _gain(prm.du, prm.dv) / _gain(min(prm.du_i, 4095), prm.dv_i) * prm.vth_i / prm.vth
     for h in HEMIS:
         # bias in drive units: v_ss = bias · 4096 / dv, threshold vth · 64 ↔ drive 0.5
         scale = prm.vth * 64 / 0.5 * prm.dv / 4096
@@ -193,8 +202,10 @@ class SpikingALM:
 
     def step(self, sensory_input_left: float = 0.0, sensory_input_right: float = 0.0,
              light_eps_left: float = 0.0, light_eps_right: float = 0.0) -> npt.NDArray[np.int64]:
-        """Advance 1 ms. Sensory inputs are signed (> 0 favours lick right, as u(t) in §5.A);
-        light ε ∈ [0, 1] silences a hemisphere's excitatory cells. Returns spike counts (n_units,).
+        """Advance 1 ms; return the spike counts of this bin (n_units,), overwritten next step.
+
+        Sensory inputs are signed (> 0 favours lick right, as u(t) in §5.A);
+        light ε ∈ [0, 1] silences a hemisphere's excitatory cells.
         """
         prm = self.params
         n = self.n_per_hemi

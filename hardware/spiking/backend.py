@@ -16,11 +16,11 @@ import numpy.typing as npt
 from hardware.spiking.network import Mode, Network
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(RuntimeError):  # noqa: N818 - the name rigd code and docs use
     """A backend cannot run here (missing environment, no hardware, sidecar failed to start)."""
 
 
-class BackendDeadlineMissed(RuntimeError):
+class BackendDeadlineMissed(RuntimeError):  # noqa: N818 - reads as the event it reports
     """A backend did not answer a step within its deadline."""
 
 
@@ -67,13 +67,16 @@ def input_matrix(net: Network, name: str, data: npt.ArrayLike, n_steps: int | No
     want: tuple[int, ...] = (port.size,) if n_steps is None else (n_steps, port.size)
     if a.shape != want:
         raise ValueError(f"input {name!r}: expected shape {want}, got {a.shape}")
+    out: npt.NDArray[Any]
     if not port.graded:
-        return (a != 0).astype(np.int64 if net.mode is Mode.FIXED else np.float64)
-    if net.mode is Mode.FIXED:
+        out = (a != 0).astype(np.int64 if net.mode is Mode.FIXED else np.float64)
+    elif net.mode is Mode.FIXED:
         if a.size and not np.array_equal(a, np.round(a)):
             raise ValueError(f"graded input {name!r}: fixed-point payloads must be integers")
-        return a.astype(np.int64)
-    return a.astype(np.float64)
+        out = a.astype(np.int64)
+    else:
+        out = a.astype(np.float64)
+    return out
 
 
 def check_input_names(net: Network, inputs: dict[str, Any]) -> None:

@@ -205,7 +205,10 @@ class CpuBackend:
         self.c_ring_off = np.zeros(C, np.int64)
         self.c_ptr_off = np.zeros(C, np.int64)
         self.c_shift = np.zeros(C, np.int64)
-        indptrs, posts, ws, ds = [], [], [], []
+        indptrs: list[npt.NDArray[np.int64]] = []
+        posts: list[npt.NDArray[np.int64]] = []
+        ws: list[npt.NDArray[Any]] = []
+        ds: list[npt.NDArray[np.int64]] = []
         ring_size = ptr_size = 0
         for k, c in enumerate(net.connections):
             n_pre, n_post = net.source_size(c.source), net.population(c.target).size
@@ -214,7 +217,7 @@ class CpuBackend:
             order = np.lexsort((c.post, c.pre))
             indptr = np.zeros(n_pre + 1, np.int64)
             np.add.at(indptr, c.pre + 1, 1)
-            indptrs.append(np.cumsum(indptr) + sum(len(x) for x in posts))
+            indptrs.append(np.cumsum(indptr) + int(sum(len(x) for x in posts)))
             posts.append(c.post[order])
             ws.append(w[order])
             ds.append(d[order])

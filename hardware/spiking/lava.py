@@ -90,7 +90,7 @@ class LavaBackend:
         self._tmp = tempfile.TemporaryDirectory(prefix="rigd-lava-")
         self.net_path = net.save(Path(self._tmp.name) / "network.npz")
         self.log_path = Path(self._tmp.name) / "sidecar.log"
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[Any] = zmq.Context.instance()
         self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind("tcp://127.0.0.1:*")
@@ -167,7 +167,7 @@ class LavaBackend:
 
     def step_many(self, inputs: dict[str, npt.NDArray[Any]] | None, k: int,
                   timeout_s: float = 30.0) -> dict[str, npt.NDArray[np.bool_]]:
-        """k steps in one round trip: inputs (k, size) per port → output spikes (k, size) per port."""
+        """K steps in one round trip: inputs (k, size) per port → output spikes (k, size) per port."""
         self.send_steps(inputs, k)
         return self.recv_steps(timeout_s)
 

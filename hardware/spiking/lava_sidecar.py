@@ -47,7 +47,7 @@ import zmq  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- wire
-def send_msg(sock: zmq.Socket, header: dict, arrays: ty.Sequence[ty.Tuple[str, np.ndarray]] = ()) -> None:
+def send_msg(sock: zmq.Socket, header: dict, arrays: ty.Sequence[tuple[str, np.ndarray]] = ()) -> None:
     """Send a header and named arrays as one multipart message."""
     header = dict(header)
     header["arrays"] = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays]
@@ -55,18 +55,18 @@ def send_msg(sock: zmq.Socket, header: dict, arrays: ty.Sequence[ty.Tuple[str, n
                         copy=False)
 
 
-def recv_msg(sock: zmq.Socket) -> ty.Tuple[dict, ty.Dict[str, np.ndarray]]:
+def recv_msg(sock: zmq.Socket) -> tuple[dict, dict[str, np.ndarray]]:
     """Receive a header and its named arrays."""
     frames = sock.recv_multipart(copy=False)
     header = json.loads(bytes(frames[0].buffer).decode())
     arrays = {}
-    for spec, fr in zip(header.get("arrays", []), frames[1:]):
+    for spec, fr in zip(header.get("arrays", []), frames[1:], strict=False):
         arrays[spec["name"]] = np.frombuffer(fr.buffer, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"])
     return header, arrays
 
 
 # ----------------------------------------------------------------------------- network file
-def load_network(path: str) -> ty.Tuple[dict, ty.List[dict]]:
+def load_network(path: str) -> tuple[dict, list[dict]]:
     """The JSON description and, per connection, its pre/post/weight/delay arrays."""
     with np.load(path) as z:
         doc = json.loads(bytes(z["network.json"]).decode())
@@ -81,7 +81,7 @@ def load_network(path: str) -> ty.Tuple[dict, ty.List[dict]]:
     return doc, conns
 
 
-def components(doc: dict) -> ty.List[ty.Set[str]]:
+def components(doc: dict) -> list[set[str]]:
     """Connected components of populations and input ports (by connections), in population order."""
     parent = {p["name"]: p["name"] for p in doc["populations"]}
     parent.update({i["name"]: i["name"] for i in doc["inputs"]})
@@ -94,7 +94,7 @@ def components(doc: dict) -> ty.List[ty.Set[str]]:
 
     for c in doc["connections"]:
         parent[find(c["source"])] = find(c["target"])
-    comps: ty.Dict[str, ty.Set[str]] = {}
+    comps: dict[str, set[str]] = {}
     for p in doc["populations"]:
         comps.setdefault(find(p["name"]), set()).add(p["name"])
     for i in doc["inputs"]:
@@ -106,24 +106,23 @@ class Built:
     """The Lava processes of one instance of the network."""
 
     def __init__(self) -> None:
-        self.lifs: ty.Dict[str, ty.Any] = {}
-        self.conns: ty.List[ty.Any] = []
-        self.injectors: ty.Dict[str, ty.Any] = {}
-        self.extractors: ty.Dict[str, ty.Any] = {}
-        self.sources: ty.Dict[str, ty.Any] = {}
+        self.lifs: dict[str, ty.Any] = {}
+        self.conns: list[ty.Any] = []
+        self.injectors: dict[str, ty.Any] = {}
+        self.extractors: dict[str, ty.Any] = {}
+        self.sources: dict[str, ty.Any] = {}
 
 
-def build(doc: dict, arrays: ty.List[dict], io: str, buffer_size: int = 64,
-          n_steps: int = 0, inputs: ty.Optional[ty.Dict[str, np.ndarray]] = None) -> Built:
+def build(doc: dict, arrays: list[dict], io: str, buffer_size: int = 64,
+          n_steps: int = 0, inputs: dict[str, np.ndarray] | None = None) -> Built:
     """Instantiate the network from lava.proc processes; ``io`` is "stream" or "batch"."""
-    from scipy.sparse import csr_matrix
-
     from lava.proc.dense.process import DelayDense, Dense
     from lava.proc.io.extractor import Extractor
     from lava.proc.io.injector import Injector
     from lava.proc.io.source import RingBuffer
     from lava.proc.lif.process import LIF, LIFRefractory
     from lava.proc.sparse.process import DelaySparse, Sparse
+    from scipy.sparse import csr_matrix
 
     fixed = doc["mode"] == "fixed"
     b = Built()
@@ -175,7 +174,7 @@ def build(doc: dict, arrays: ty.List[dict], io: str, buffer_size: int = 64,
             clock_port.connect(link.s_in)
             link.a_out.connect(b.lifs[first["name"]].a_in)
             b.conns.append(link)
-    for c, a in zip(doc["connections"], arrays):
+    for c, a in zip(doc["connections"], arrays, strict=True):
         n_pre, n_post = sizes[c["source"]], sizes[c["target"]]
         w = a["weight"].astype(np.int32) if fixed else a["weight"]
         d = a["delay"]
@@ -244,8 +243,8 @@ def any_process(b: Built) -> ty.Any:
     return next(iter(b.lifs.values()))
 
 
-def batch_run(doc: dict, arrays: ty.List[dict], n_steps: int, inputs: ty.Dict[str, np.ndarray],
-              hw: bool) -> ty.List[ty.Tuple[str, np.ndarray]]:
+def batch_run(doc: dict, arrays: list[dict], n_steps: int, inputs: dict[str, np.ndarray],
+              hw: bool) -> list[tuple[str, np.ndarray]]:
     """A fresh instance run for ``n_steps``; spikes, v and u per population."""
     from lava.magma.core.run_conditions import RunSteps
     fixed = doc["mode"] == "fixed"
@@ -274,7 +273,7 @@ def batch_run(doc: dict, arrays: ty.List[dict], n_steps: int, inputs: ty.Dict[st
 class Stream:
     """The streaming instance: injectors in, extractors out, RunContinuous."""
 
-    def __init__(self, doc: dict, arrays: ty.List[dict], hw: bool, buffer_size: int) -> None:
+    def __init__(self, doc: dict, arrays: list[dict], hw: bool, buffer_size: int) -> None:
         from lava.magma.core.run_conditions import RunContinuous
         self.doc = doc
         self.fixed = doc["mode"] == "fixed"
@@ -284,7 +283,8 @@ class Stream:
         self.proc.run(condition=RunContinuous(), run_cfg=run_config(self.fixed, hw))
         self.zeros = {name: np.zeros(inj.out_port.shape) for name, inj in self.b.injectors.items()}
 
-    def step(self, k: int, inputs: ty.Dict[str, np.ndarray]) -> ty.List[ty.Tuple[str, np.ndarray]]:
+    def step(self, k: int, inputs: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        """Inject k input vectors per port, return k output vectors per port."""
         out = {name: np.zeros((k, ex.in_port.shape[0]), dtype=np.uint8) for name, ex in self.b.extractors.items()}
         done = 0
         while done < k:  # never more than the buffer holds in flight
@@ -300,15 +300,17 @@ class Stream:
         return list(out.items())
 
     def stop(self) -> None:
+        """Stop the Lava runtime."""
         self.proc.stop()
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Connect, build, report ready, then answer requests until ``stop``."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 500)
     sock.connect(args.endpoint)
-    stream: ty.Optional[Stream] = None
+    stream: Stream | None = None
     try:
         t0 = time.perf_counter()
         import lava
@@ -358,6 +360,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
+    """Command line entry (run by hardware/spiking/lava.py under the Lava venv's Python)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--endpoint", required=True, help="ZeroMQ endpoint rigd bound (PAIR)")
     ap.add_argument("--net", required=True, help="network file written by Network.save")

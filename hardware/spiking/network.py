@@ -405,4 +405,5 @@ def effective_weights(c: Connection, n_post: int, n_pre: int) -> IntArray:
     w = (w >> shift) << shift
     if mode == 3:
         w = -w
-    return w.astype(np.int64)
+    out: IntArray = w.astype(np.int64)
+    return out
