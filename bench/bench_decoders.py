@@ -29,13 +29,29 @@ from decoders.synthetic import make_trialset
 
 def per_call_us(fn: Callable[[], Any], min_time_s: float = 0.2, repeat: int = 5) -> float:
     """Best-of-``repeat`` mean time per call, with the loop count sized to ``min_time_s``."""
-    n = 1
-    while True:
-        t = timeit.timeit(fn, number=n)
-        if t >= min_time_s / 5 or n >= 1 << 22:
-            break
-        n *= 4
+    n = _loops(fn, min_time_s)
     return min(timeit.repeat(fn, number=n, repeat=repeat)) / n * 1e6
+
+
+def _loops(fn: Callable[[], Any], min_time_s: float) -> int:
+    n = 1
+    while timeit.timeit(fn, number=n) < min_time_s / 5 and n < 1 << 22:
+        n *= 4
+    return n * 5
+
+
+def interleaved_us(fns: dict[str, Callable[[], Any]], rounds: int = 7, min_time_s: float = 0.05) -> dict[str, float]:
+    """Per-call µs of each function, measured round-robin and keeping each one's best round.
+
+    Interleaving makes the ratios robust on a shared machine: a burst of load hits every entry
+    of a round, and the minimum over rounds is each function's undisturbed cost.
+    """
+    loops = {k: _loops(f, min_time_s) for k, f in fns.items()}
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for k, f in fns.items():
+            best[k] = min(best[k], timeit.timeit(f, number=loops[k]) / loops[k] * 1e6)
+    return best
 
 
 def numpy_cd_step(W: np.ndarray, n_win: int) -> Callable[[np.ndarray], float]:
@@ -64,7 +80,7 @@ def bench_steps(sizes: list[int]) -> list[dict[str, Any]]:
         ts = make_trialset(40, n // 2, seed=0, gain=0.3)
         frame = np.ascontiguousarray(ts.counts[0, 30]).astype(np.uint8)
         w, x = np.random.default_rng(0).normal(size=n), frame.astype(np.float64)
-        row: dict[str, Any] = {"n": n, "dot": per_call_us(lambda w=w, x=x: w @ x)}
+        fns: dict[str, Callable[[], Any]] = {"dot": lambda w=w, x=x: w @ x}
         decs: dict[str, Any] = {
             "cd (100 ms)": CodingDirection(window_s=0.1),
             "cd (400 ms)": CodingDirection(window_s=0.4),
@@ -77,11 +93,10 @@ def bench_steps(sizes: list[int]) -> list[dict[str, Any]]:
         for name, dec in decs.items():
             dec.fit_only(ts)
             dec.reset()
-            row[name] = per_call_us(lambda d=dec, f=frame: d.step(f, 0, -0.5))
-        cd = decs["cd (100 ms)"]
-        np_step = numpy_cd_step(cd.W, 1)
-        row["cd, numpy calls"] = per_call_us(lambda s=np_step, f=frame: s(f))
-        rows.append(row)
+            fns[name] = lambda d=dec, f=frame: d.step(f, 0, -0.5)
+        np_step = numpy_cd_step(decs["cd (100 ms)"].W, 1)
+        fns["cd, numpy calls"] = lambda s=np_step, f=frame: s(f)
+        rows.append({"n": n, **interleaved_us(fns)})
     return rows
 
 

@@ -228,6 +228,22 @@ def cross_validate(factory: Callable[[], Decoder], trials: TrialSet, folds: int 
 
 
 
+def try_cross_validate(factory: Callable[[], Decoder], trials: TrialSet, folds: int) -> dict[str, Any]:
+    """Cross-validate for a fit report; too few trials gives accuracy nan and the reason, not an error.
+
+    Returns ``accuracy`` (mean over bin ends in the last 300 ms of the delay) and the details
+    that go into :class:`FitReport`.
+    """
+    try:
+        times, acc, n_scored = cross_validate(factory, trials, folds=folds)
+    except ValueError as exc:
+        return {"accuracy": float("nan"), "cv_error": str(exc), "cv_folds": folds}
+    m = time_mask_times(times, LAST_DELAY_S)
+    return {"accuracy": float(np.mean(acc[m])) if m.any() else float("nan"), "cv_folds": folds,
+            "cv_times_s": times.tolist(), "cv_accuracy": acc.tolist(), "n_scored": n_scored,
+            "accuracy_window_s": list(LAST_DELAY_S)}
+
+
 class WindowedLinearDecoder:
     """Base of decoders that read ``k`` linear projections of the counts in one causal window.
 
@@ -287,16 +303,14 @@ class WindowedLinearDecoder:
 
     def fit(self, trials: TrialSet) -> FitReport:
         """Fit on ``trials``; the report's accuracy is cross-validated (5 folds) in the last 300 ms."""
-        times, acc, n_scored = cross_validate(self.clone, trials, folds=5)
+        cv = try_cross_validate(self.clone, trials, folds=5)
         details = self._fit_weights(trials)
         self.bin_s = float(trials.bin_s)
         self._train = trials
         self.provenance = trials_provenance(trials)
         self._after_fit()
-        m = time_mask_times(times, LAST_DELAY_S)
-        accuracy = float(np.mean(acc[m])) if m.any() else float("nan")
-        details.update({"cv_folds": 5, "cv_times_s": times.tolist(), "cv_accuracy": acc.tolist(),
-                        "n_scored": n_scored, "accuracy_window_s": list(LAST_DELAY_S)})
+        accuracy = cv.pop("accuracy")
+        details.update(cv)
         self.last_report = FitReport(self.name, trials.n_trials, accuracy, details, dict(self.provenance))
         return self.last_report
 

@@ -26,17 +26,15 @@ import numpy.typing as npt
 
 from decoders.base import Estimate, FitReport, TrialSet
 from decoders.common import (
-    LAST_DELAY_S,
     FloatArray,
     concat_trials,
-    cross_validate,
     labels_of,
     last_trials,
     read_npz,
     require_bins,
     save_npz,
-    time_mask_times,
     trials_provenance,
+    try_cross_validate,
 )
 
 LOSS_S = (-1.7, 0.0)  #: bins (by their end) whose choice loss is trained: the delay
@@ -96,7 +94,7 @@ class GRUDecoder:
     # ----- fitting ------------------------------------------------------------------------
     def fit_only(self, trials: TrialSet) -> None:
         """Train the GRU on ``trials`` (no cross-validation)."""
-        import torch  # noqa: PLC0415  (lazy: importing decoders must not load torch)
+        import torch
 
         y = labels_of(trials, self.label_rule)
         keep = y != 0
@@ -149,10 +147,8 @@ class GRUDecoder:
         details: dict[str, Any] = {}
         accuracy = float("nan")
         if self.cv_folds >= 2:
-            times, acc, n_scored = cross_validate(self.clone, trials, folds=self.cv_folds)
-            accuracy = float(acc[time_mask_times(times, LAST_DELAY_S)].mean())
-            details.update({"cv_folds": self.cv_folds, "cv_times_s": times.tolist(),
-                            "cv_accuracy": acc.tolist(), "n_scored": n_scored})
+            details = try_cross_validate(self.clone, trials, folds=self.cv_folds)
+            accuracy = details.pop("accuracy")
         self.fit_only(trials)
         details["final_loss"] = self.final_loss
         self.last_report = FitReport(self.name, trials.n_trials, accuracy, details, dict(self.provenance))
@@ -168,7 +164,7 @@ class GRUDecoder:
     # ----- the hot path -------------------------------------------------------------------
     def set_frame_s(self, frame_s: float) -> None:
         """Live frame width (must divide the training bin); builds the preallocated tensors."""
-        import torch  # noqa: PLC0415  (lazy: importing decoders must not load torch)
+        import torch
 
         k = round(self.bin_s / frame_s)
         if k < 1 or abs(k * frame_s - self.bin_s) > 0.01 * frame_s:
@@ -201,7 +197,7 @@ class GRUDecoder:
 
     def step(self, counts: npt.NDArray[Any], seq: int, t_s: float) -> Estimate:
         """Add the frame; every ``bin_s`` of frames advance the GRU one step and read out."""
-        import torch  # noqa: PLC0415  (lazy: importing decoders must not load torch)
+        import torch
 
         e = self.estimate
         e.seq = seq
@@ -234,7 +230,7 @@ class GRUDecoder:
 
     def batch_values(self, trials: TrialSet) -> FloatArray:
         """Return the log-odds at every bin end of every trial (frames = bins), as ``step`` gives."""
-        import torch  # noqa: PLC0415  (lazy: importing decoders must not load torch)
+        import torch
 
         if abs(trials.bin_s - self.bin_s) > 1e-9:
             raise ValueError(f"gru: trials have bins of {trials.bin_s} s, the fit used {self.bin_s} s")

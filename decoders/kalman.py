@@ -30,18 +30,16 @@ from decoders import kernels
 from decoders.base import Estimate, FitReport, TrialSet
 from decoders.coding_direction import CodingDirection
 from decoders.common import (
-    LAST_DELAY_S,
     FloatArray,
     bin_ends,
     concat_trials,
-    cross_validate,
     last_trials,
     logistic_scale,
     read_npz,
     save_npz,
     time_mask,
-    time_mask_times,
     trials_provenance,
+    try_cross_validate,
 )
 
 DYN_S = (-3.0, 0.0)  #: bins whose dynamics are fitted: sample and delay
@@ -163,13 +161,11 @@ class KalmanCD:
 
     def fit(self, trials: TrialSet) -> FitReport:
         """Fit; the report's accuracy is 5-fold cross-validated in the last 300 ms of the delay."""
-        times, acc, n_scored = cross_validate(self.clone, trials, folds=5)
+        cv = try_cross_validate(self.clone, trials, folds=5)
         self.fit_only(trials)
-        mask = time_mask_times(times, LAST_DELAY_S)
-        details = {"A": self.A.tolist(), "Q": self.Q.tolist(), "R": self.R.tolist(),
-                   "cv_times_s": times.tolist(), "cv_accuracy": acc.tolist(), "n_scored": n_scored}
-        self.last_report = FitReport(self.name, trials.n_trials, float(acc[mask].mean()), details,
-                                     dict(self.provenance))
+        accuracy = cv.pop("accuracy")
+        details = {"A": self.A.tolist(), "Q": self.Q.tolist(), "R": self.R.tolist(), **cv}
+        self.last_report = FitReport(self.name, trials.n_trials, accuracy, details, dict(self.provenance))
         return self.last_report
 
     def update(self, trials: TrialSet, max_trials: int = 400) -> FitReport | None:

@@ -35,7 +35,7 @@ def _dot(w: Any, c: Any) -> float:  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
-def window_project_step(  # noqa: PLR0917  # pragma: no cover - compiled
+def window_project_step(  # pragma: no cover - compiled
     W: Any, lo: Any, hi: Any, counts: Any, ring: Any, acc: Any, state: Any,
     offset: Any, combine: Any, out: Any, inv_frame_s: float, conf_scale: float,
 ) -> float:
@@ -90,7 +90,7 @@ def window_project_numpy(W: FloatArray, counts_window: FloatArray, frame_s: floa
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
-def kalman_step(  # noqa: PLR0917  # pragma: no cover - compiled
+def kalman_step(  # pragma: no cover - compiled
     W: Any, counts: Any, z: Any, P: Any, A: Any, bvec: Any, Q: Any, R: Any, S: Any, K: Any,
     y: Any, tmp: Any, inv_frame_s: float,
 ) -> None:
@@ -188,8 +188,7 @@ def bin_events(  # pragma: no cover - compiled
     return dropped
 
 
-def bin_events_numpy(  # noqa: PLR0917
-        times_s: FloatArray, units: IntArray, t0_s: float, bin_s: float,
+def bin_events_numpy(times_s: FloatArray, units: IntArray, t0_s: float, bin_s: float,
                      n_bins: int, n_units: int) -> tuple[npt.NDArray[np.int64], int]:
     """Bin events like :func:`bin_events` in plain numpy (the reference; allocates)."""
     b = np.floor((times_s - t0_s) / bin_s).astype(np.int64)

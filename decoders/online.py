@@ -46,12 +46,17 @@ class FitOutcome:
     n_trials: int = 0
 
 
-def aligned_factory(previous: Decoder, prior_trials: float = 40.0, **opts: Any) -> Callable[[], Decoder]:
+def aligned_factory(previous: Decoder, prior_trials: float = 40.0, *, days_apart: float | None = None,
+                    tau_drift_days: float | None = None, **opts: Any) -> Callable[[], Decoder]:
     """Return a factory for a new day's CD decoder shrunk toward ``previous`` (same units, same order).
 
     ``previous`` must be a fitted :class:`~decoders.coding_direction.CodingDirection` (or
-    ``ChoiceMode``); ``opts`` override its parameters.
+    ``ChoiceMode``); ``opts`` override its parameters. With ``days_apart`` and
+    ``tau_drift_days`` the prior's weight decays as the tuning correlation of science.md §5.E,
+    ``prior_trials · exp(−Δ/τ_D)``: an old axis from weeks ago barely counts.
     """
+    if days_apart is not None and tau_drift_days is not None:
+        prior_trials *= math.exp(-days_apart / tau_drift_days)
     if not isinstance(previous, CodingDirection):
         raise TypeError(f"alignment needs a coding-direction decoder, got {type(previous).__name__}")
     params = {**previous.params(), **opts}
@@ -73,8 +78,10 @@ class OnlineDecoder:
         n_units: units per frame.
         hemisphere: (n_units,) LEFT/RIGHT per unit.
         bin_s: width of one live frame (s); also the bin width of the collected trials.
-        n_fit_trials: labelled trials in the pool before the first fit.
-        mode: ``"freeze"`` (fit once) or ``"adaptive"`` (refit on the recent window).
+        n_fit_trials: labelled trials in the pool before the first fit (a failed fit, e.g. too
+            few trials of one side, is retried after every further pooled trial).
+        mode: ``"freeze"`` (fit once, then stop pooling) or ``"adaptive"`` (refit on the recent
+            window).
         refit_every_trials: adaptive mode: new pool trials between refits.
         window_trials: adaptive mode: the refit uses the last this-many pool trials.
         t_window_s: trial time span collected per trial, relative to the go cue.
@@ -111,7 +118,7 @@ class OnlineDecoder:
         self.inline_fit = inline_fit
         self.session_provenance = dict(provenance or {})
         self.n_bins = round((self.t_window_s[1] - self.t_window_s[0]) / self.bin_s)
-        cap = max(self.window_trials, self.n_fit_trials) if mode == "adaptive" else self.n_fit_trials
+        cap = max(self.window_trials, self.n_fit_trials)
         self._cap = cap
         self._buf = np.zeros((self.n_bins, self.n_units), dtype=np.uint16)
         self._got = np.zeros(self.n_bins, dtype=np.bool_)
@@ -208,8 +215,8 @@ class OnlineDecoder:
         if self._got.mean() < MIN_BINS_FILLED:
             self.counters["trials_incomplete"] += 1
             return False
-        if self.mode == "freeze" and self._pool_n >= self._cap:
-            return False
+        if self.mode == "freeze" and self._dec is not None:
+            return False  # frozen: the pool is no longer needed
         i = self._pool_next
         self._pool[i] = self._buf
         self._pool_choice[i] = np.sign(choice)
@@ -232,12 +239,11 @@ class OnlineDecoder:
 
     # ----- fitting off the hot path -------------------------------------------------------
     def snapshot(self) -> TrialSet:
-        """Copy the pool's trials (oldest first; adaptive: the last ``window_trials``)."""
+        """Copy the pool's last ``window_trials`` trials, oldest first."""
         n = self._pool_n
         order = (np.arange(self._pool_next - n, self._pool_next) % self._cap) if n == self._cap \
             else np.arange(n)
-        if self.mode == "adaptive":
-            order = order[-self.window_trials:]
+        order = order[-self.window_trials:]
         prov = {**self.session_provenance, "trials": self._pool_trial[order].tolist(),
                 "online": True, "mode": self.mode}
         return TrialSet(self._pool[order].copy(), self.bin_s, self.t_window_s[0],

@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--day", type=int, default=0)
     ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args()
-    from sim.offline import generate_trialset  # noqa: PLC0415  (decoders must not need sim)
+    from sim.offline import generate_trialset
 
     ts = generate_trialset(args.trials, args.seed, units_per_hemisphere=args.units, day=args.day)
     print(f"sim.offline.generate_trialset({args.trials}, seed={args.seed}, "

@@ -117,6 +117,21 @@ def test_failed_fit_keeps_serving_and_is_reported():
     assert "lick-left" in od.status()["last_error"]
 
 
+def test_frozen_decoder_retries_a_failed_first_fit_then_stops_pooling():
+    ts = make_trialset(80, 8, seed=19, gain=0.3)
+    ts.choice[:30] = 1  # the first 30 trials are all lick-right: the first fits must fail
+    ts.instructed[:30] = 1
+    ts.correct[:30] = True
+    od = make_od(ts, n_fit_trials=20, mode="freeze")
+    run_trials(od, ts, 0, 30)
+    assert not od.ready and od.counters["fits_failed"] == 11  # one attempt per trial from the 20th
+    run_trials(od, ts, 30, 80)
+    assert od.ready and od.n_fits == 1
+    pooled = od.status()["pool_trials"]
+    run_trials(od, ts, 0, 10)  # frozen: later trials neither refit nor pool
+    assert od.n_fits == 1 and od.status()["pool_trials"] == pooled
+
+
 def test_aligned_factory_shrinks_toward_the_previous_axis():
     day0 = make_trialset(300, 20, seed=17, gain=0.3)
     old = CodingDirection()

@@ -54,20 +54,18 @@ def test_frozen_decoder_decays_with_drift_but_adaptive_workflow_holds():
     for m, mouse in enumerate(mice):
         frozen = CodingDirection()
         frozen.fit_only(offline.generate_trialset(400, mouse, day=0, session=0, tau_drift_days=11.0))
-        previous = None
         for d, day in enumerate(DAYS):
             ts = offline.generate_trialset(300, mouse, day=day, session=1, tau_drift_days=11.0)
             frozen_acc[m, d] = score(frozen, ts)  # last 300 ms of the delay, choice labels
-            # adaptive workflow: calibrate on the day's first 40 control trials, shrink toward the
-            # previous day's axis (alignment), keep refitting every 20 trials on the last 120
-            factory = CodingDirection if previous is None else aligned_factory(previous, prior_trials=40)
-            od = OnlineDecoder(factory, n_units=ts.n_units, hemisphere=ts.hemisphere, bin_s=ts.bin_s,
+            # adaptive workflow (docs/decoders.md): calibrate on the day's first 40 control trials,
+            # then keep refitting every 20 trials on the last 120; no prior from earlier days (on
+            # this simulator shrinking toward the old axis did not help, see the alignment test)
+            od = OnlineDecoder(CodingDirection, n_units=ts.n_units, hemisphere=ts.hemisphere, bin_s=ts.bin_s,
                                n_fit_trials=40, mode="adaptive")
             v = stream(od, ts)
             served = ~np.isnan(v)
             assert served.sum() == 300 - 40  # every trial after the first fit is decoded online
             adaptive_acc[m, d] = np.mean(np.sign(v[served]) == ts.choice[served])
-            previous = od.decoder
     # Frozen: day 0 high, day 32 near chance. science.md §5.E: one mouse varies by about +-0.07
     # (measured here up to 0.73 at day 32 for one mouse); the mean over 4 mice has SE ~0.05, and
     # the §5.E mean over 100 mice is 0.53, so the mean at day 32 must be below 0.65 (chance + 3 SE)
@@ -79,3 +77,22 @@ def test_frozen_decoder_decays_with_drift_but_adaptive_workflow_holds():
     # Adaptive: every mouse, every day >= 0.70 (issue 4). n = 260 online trials per day: binomial
     # SE <= 0.03; measured values are ~0.92-0.98, so this fails only if the workflow breaks.
     assert adaptive_acc.min() >= 0.70, adaptive_acc
+
+
+@pytest.mark.slow
+def test_alignment_to_previous_day_keeps_accuracy_with_few_calibration_trials():
+    """Consecutive days, 15 calibration trials: aligned CD stays accurate (>= 0.70 every day)."""
+    previous = None
+    accs = []
+    for day in range(4):
+        ts = offline.generate_trialset(120, 5, day=day, session=1, tau_drift_days=11.0)
+        factory = CodingDirection if previous is None else aligned_factory(
+            previous, prior_trials=40, days_apart=1, tau_drift_days=11.0)
+        od = OnlineDecoder(factory, n_units=ts.n_units, hemisphere=ts.hemisphere, bin_s=ts.bin_s,
+                           n_fit_trials=15, mode="freeze")
+        v = stream(od, ts)
+        served = ~np.isnan(v)
+        accs.append(np.mean(np.sign(v[served]) == ts.choice[served]))
+        previous = od.decoder
+    # n = 105 online trials per day: SE <= 0.045; measured ~0.85-0.95; 0.70 is the issue's floor
+    assert min(accs) >= 0.70, accs
