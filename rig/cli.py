@@ -77,6 +77,7 @@ def start(
     deadline_ms: Annotated[float | None, typer.Option(help="decision budget in ms")] = None,
     ingest: Annotated[str | None, typer.Option(help="ingest endpoint to bind")] = None,
     command: Annotated[str | None, typer.Option(help="command endpoint to bind")] = None,
+    realtime_priority: Annotated[int | None, typer.Option(help="SCHED_FIFO priority of the loop (0: off)")] = None,
     ui: Annotated[bool | None, typer.Option(help="serve the live web view")] = None,
     ui_port: Annotated[int | None, typer.Option(help="live view port (default: a free one)")] = None,
     live: Annotated[bool | None, typer.Option(help="terminal live view (default: on a TTY)")] = None,
@@ -90,7 +91,8 @@ def start(
             units_per_hemisphere=units_per_hemisphere, day=day, bin_ms=bin_ms, iti_s=iti_s, model=model,
             backend=backend, decoder=decoder, decoder_file=decoder_file,
             publish_estimates=publish_estimates, n_fit_trials=n_fit_trials, deadline_ms=deadline_ms,
-            ingest_endpoint=ingest, command_endpoint=command, ui=ui, ui_port=ui_port, live=live)
+            ingest_endpoint=ingest, command_endpoint=command, realtime_priority=realtime_priority, ui=ui,
+            ui_port=ui_port, live=live)
     except ValidationError as exc:
         _fail(_validation_message(exc))
         return

@@ -50,6 +50,9 @@ class ServiceConfig(BaseModel):
     iti_s: float | None = Field(None, ge=0, le=60, description="sim inter-trial interval (default: sim's)")
     model: Literal["reduced", "spiking"] = "reduced"
     backend: Literal["cpu", "lava"] = "cpu"
+    #: SCHED_FIFO priority of the hot-loop thread and the simulated rig (0 = normal scheduling);
+    #: without the privilege rigd runs normally and says so in its status
+    realtime_priority: int = Field(10, ge=0, le=99)
     ui: bool = True
     ui_port: int = Field(0, ge=0, le=65535, description="live view port on 127.0.0.1; 0 → free port")
     live: bool | None = Field(None, description="terminal live view (default: when stdout is a TTY)")

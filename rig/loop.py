@@ -17,6 +17,7 @@ and are swapped in between frames.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +109,8 @@ class HotLoop:
             (DECODER_OUTPUT, float64 (8,): seq, t_rig_ns, cause t_send_ns, t_s, value,
             confidence, left, right) for rigs that show or act on the decoded state; it also
             gives the benchmark an end-to-end measurement on every single loop.
+        realtime_priority: if > 0, run the loop thread under SCHED_FIFO at this priority (needs
+            CAP_SYS_NICE or root; without it the loop runs at normal priority and says so).
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class HotLoop:
         on_trial: Callable[[dict[str, Any]], None] | None = None,
         context: zmq.Context[Any] | None = None,
         publish_estimates: bool = False,
+        realtime_priority: int = 0,
     ) -> None:
         self.ctx = context or zmq.Context.instance()
         self.sub = self.ctx.socket(zmq.SUB)
@@ -158,6 +162,8 @@ class HotLoop:
         self._all_off_requested = False
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rigd-fit")
         self.frames = 0
+        self.realtime_priority = realtime_priority
+        self.realtime = "off"
         self.thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -180,6 +186,7 @@ class HotLoop:
 
     def run(self) -> None:
         """The loop itself (blocks)."""
+        self.realtime = _try_realtime(self.realtime_priority)
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         next_hb = 0
@@ -570,6 +577,17 @@ class HotLoop:
         pl.decoder.swap(result)
         self.recorder.log({"type": "decoder_fit", "rig_id": pl.rig_id, "status": pl.decoder.status()},
                           time.monotonic_ns())
+
+
+def _try_realtime(priority: int) -> str:
+    """Put the calling thread under SCHED_FIFO (Linux); returns what happened, for the status."""
+    if priority <= 0:
+        return "off"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (AttributeError, PermissionError, OSError) as exc:
+        return f"not available ({type(exc).__name__}: {exc})"
+    return f"SCHED_FIFO {priority}"
 
 
 def _finite(x: float) -> float | None:

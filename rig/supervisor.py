@@ -100,7 +100,7 @@ class Service:
             rig_ids=set(cfg.rig_ids), parts=parts, recorder=self.recorder,
             telemetry=self.telemetry, counters=self.counters, deadline_ns=int(cfg.deadline_ms * 1e6),
             on_alarm=self._alarm_from_thread, on_trial=self._trial_from_thread,
-            publish_estimates=cfg.publish_estimates)
+            publish_estimates=cfg.publish_estimates, realtime_priority=cfg.realtime_priority)
 
     def _make_decoder(self, desc: dict[str, Any]) -> OnlineDecoder:
         """The online decoder for a rig's units (left hemisphere first, per the wire protocol)."""
@@ -181,6 +181,7 @@ class Service:
         lat = self.telemetry_summary()
         return {
             "state": self.state, "name": self.cfg.name, "pid": os.getpid(), "rig": self.cfg.rig,
+            "realtime": self.hot.realtime,
             "session_dir": str(self.directory), "started": self.started_wall,
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "trials_done": self.stats.n, "trials_target": self.cfg.trials,
@@ -293,6 +294,8 @@ class Service:
                 "--seed", str(c.seed), "--config", str(self.directory / "sim_config.json")]
         if c.trials is not None:
             args += ["--trials", str(c.trials)]
+        if c.realtime_priority > 0:
+            args += ["--realtime"]
         if c.model == "spiking":
             args += ["--model", "spiking", "--backend", c.backend]
         log_file = open(self.directory / "sim.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -342,6 +345,8 @@ async def _broker(cfg: ServiceConfig) -> AsyncIterator[tuple[str, bool]]:
 async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
     """Run one session to its end; returns the final status (the summary printed at exit)."""
     protocol = load_protocol(cfg.protocol or DEFAULT_PROTOCOL)
+    # the hot thread shares the GIL with the event loop and the recorder: hand it back quickly
+    sys.setswitchinterval(0.0005)
     directory = (cfg.session_dir / session_name(cfg)).resolve()
     directory.mkdir(parents=True, exist_ok=False)
     svc = Service(cfg, protocol, directory)

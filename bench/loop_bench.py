@@ -1,0 +1,204 @@
+"""Closed-loop benchmark: rigd against the raw pyzmq floor, measured in the same run.
+
+For each unit count it runs (a) the floor: bench/rig_load.py ↔ bench/echo.py, a raw pyzmq echo
+with rigd's socket pattern and reply size, and (b) rigd: ``rigd start --rig external`` with the CD
+decoder (fitted beforehand), the default Chen 2021 scheduler, the interlock and recording on,
+publishing its estimate for every frame, ↔ the same rig_load. It prints a markdown table with
+p50/p99/p99.9 of both, their ratios, rigd's internal time and every drop counter, and with
+``--write`` puts it into docs/benchmarks.md (between markers).
+
+    .venv/bin/python -m bench.loop_bench --units 1000 --seconds 60 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+RIGD = str(Path(sys.executable).parent / "rigd")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _endpoints() -> tuple[str, str]:
+    return f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
+
+
+def fit_decoder(n_units: int, path: Path) -> None:
+    """A CD decoder for ``n_units`` fitted on synthetic labelled trials (the loop's real decoder)."""
+    from decoders.coding_direction import CodingDirection
+    from decoders.synthetic import make_trialset
+
+    ts = make_trialset(n_trials=24, units_per_hemisphere=max(1, n_units // 2), seed=1, bin_s=0.1)
+    dec = CodingDirection()
+    dec.fit(ts)
+    dec.save(path)
+
+
+def run_loads(ingest: str, command: str, mode: str, units: int, seconds: float, rigs: int,
+              raw_channels: int = 0) -> list[dict[str, Any]]:
+    procs = []
+    for r in range(rigs):
+        args = [PY, "-m", "bench.rig_load", "--ingest", ingest, "--command", command, "--mode", mode,
+                "--units", str(units), "--seconds", str(seconds), "--rig-id", str(r + 1)]
+        if raw_channels:
+            args += ["--raw-channels", str(raw_channels)]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=REPO))
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=seconds + 120)
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def floor(units: int, seconds: float, rigs: int = 1, raw_channels: int = 0) -> list[dict[str, Any]]:
+    ingest, command = _endpoints()
+    echo = subprocess.Popen([PY, "-m", "bench.echo", "--ingest", ingest, "--command", command,
+                             "--seconds", str(seconds + 60)], cwd=REPO)
+    try:
+        time.sleep(0.5)
+        return run_loads(ingest, command, "floor", units, seconds, rigs, raw_channels)
+    finally:
+        echo.terminate()
+        echo.wait(10)
+
+
+def rigd(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: int = 0
+         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ingest, command = _endpoints()
+    dec = tmp / f"cd-{units}.npz"
+    if not dec.exists():
+        fit_decoder(units if not raw_channels else raw_channels, dec)
+    cfg = tmp / "bench.toml"
+    cfg.write_text(f"rig_ids = {list(range(1, rigs + 1))}\n")
+    runtime = tmp / "runtime"
+    env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime)}
+    log = open(tmp / f"rigd-{units}-{rigs}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([RIGD, "start", "--rig", "external", "--config", str(cfg), "--ingest", ingest,
+                             "--command", command, "--publish-estimates", "--decoder-file", str(dec),
+                             "--session-dir", str(tmp / "sessions"), "--no-ui", "--no-live", "--name", "bench"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not (runtime / "bench.json").exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError((tmp / f"rigd-{units}-{rigs}.log").read_text())
+            time.sleep(0.1)
+        info = json.loads((runtime / "bench.json").read_text())
+        loads = run_loads(ingest, command, "rigd", units, seconds, rigs, raw_channels)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        log.close()
+    manifest = json.loads((Path(info["session_dir"]) / "manifest.json").read_text())
+    return loads, manifest
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.0f}"
+
+
+def row(units: int, rigs: int, fl: list[dict[str, Any]], rd: list[dict[str, Any]], m: dict[str, Any],
+        label: str = "") -> dict[str, Any]:
+    def agg(runs: list[dict[str, Any]], q: str) -> float:
+        vals = [r["rtt_us"].get(q) for r in runs if r["rtt_us"]]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    c = m["counters"]
+    internal = m["latency_us"]["internal"]
+    drops = (sum(r["missing_replies"] for r in rd) + c.get("ingest.missing_seq", 0) + c.get("recorder_dropped", 0)
+             + c.get("late_decisions", 0))
+    r = {"label": label or f"{units} units", "units": units, "rigs": rigs,
+         "floor_p50": agg(fl, "p50"), "floor_p99": agg(fl, "p99"), "floor_p99_9": agg(fl, "p99_9"),
+         "rigd_p50": agg(rd, "p50"), "rigd_p99": agg(rd, "p99"), "rigd_p99_9": agg(rd, "p99_9"),
+         "internal_p50": internal["p50"], "internal_p99": internal["p99"], "internal_p99_9": internal["p99_9"],
+         "frames": c.get("frames", 0), "missing_replies": sum(r["missing_replies"] for r in rd),
+         "missing_seq": c.get("ingest.missing_seq", 0), "recorder_dropped": c.get("recorder_dropped", 0),
+         "recorder_max_lag": c.get("recorder_max_lag_records", 0), "late_decisions": c.get("late_decisions", 0),
+         "drops": drops, "floor_missing": sum(r["missing_replies"] for r in fl),
+         "light_commands": sum(r["light_commands"] for r in rd)}
+    r["ratio_p50"] = r["rigd_p50"] / r["floor_p50"]
+    r["ratio_p99"] = r["rigd_p99"] / r["floor_p99"]
+    return r
+
+
+HEADER = ("| load | floor p50 / p99 / p99.9 (µs) | rigd p50 / p99 / p99.9 (µs) | ratio p50 | ratio p99 | "
+          "rigd internal p50 / p99 / p99.9 (µs) | frames | dropped (rig-side missing / seq gaps / recorder / "
+          "late) |\n|---|---|---|---|---|---|---|---|")
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [HEADER]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {_fmt(r['floor_p50'])} / {_fmt(r['floor_p99'])} / {_fmt(r['floor_p99_9'])} | "
+            f"{_fmt(r['rigd_p50'])} / {_fmt(r['rigd_p99'])} / {_fmt(r['rigd_p99_9'])} | {r['ratio_p50']:.2f} | "
+            f"{r['ratio_p99']:.2f} | {r['internal_p50']:.0f} / {r['internal_p99']:.0f} / "
+            f"{r['internal_p99_9']:.0f} | {r['frames']} | {r['missing_replies']} / {r['missing_seq']} / "
+            f"{r['recorder_dropped']} / {r['late_decisions']} |")
+    return "\n".join(lines)
+
+
+def write_doc(text: str, command: str) -> None:
+    doc = REPO / "docs" / "benchmarks.md"
+    start, end = "<!-- loop-bench:start -->", "<!-- loop-bench:end -->"
+    body = (f"{start}\n\nCommand: `{command}`  \nMachine: {platform.node()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+            f"{text}\n\n{end}")
+    cur = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
+    if start in cur:
+        cur = cur[: cur.index(start)] + body + cur[cur.index(end) + len(end):]
+    else:
+        cur = cur.rstrip() + "\n\n## Closed loop vs the raw pyzmq floor\n\n" + body + "\n"
+    doc.write_text(cur)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--units", type=int, nargs="+", default=[384, 1000, 10_000, 100_000])
+    ap.add_argument("--rigs", type=int, nargs="+", default=[1])
+    ap.add_argument("--raw", action="store_true", help="also 384 channels × 30 kHz raw chunks (BRAND comparison)")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
+    a = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rigd-bench-") as td:
+        tmp = Path(td)
+        plan = [(u, 1, 0) for u in a.units] + [(1000, n, 0) for n in a.rigs if n > 1]
+        if a.raw:
+            plan.append((384, 1, 384))
+        for units, rigs, raw in plan:
+            label = f"{units} units" + (f", {rigs} rigs" if rigs > 1 else "") + (" (raw 30 kHz chunks)" if raw else "")
+            print(f"… {label}: floor", file=sys.stderr, flush=True)
+            fl = floor(units, a.seconds, rigs, raw)
+            print(f"… {label}: rigd", file=sys.stderr, flush=True)
+            rd, m = rigd(units, a.seconds, tmp, rigs, raw)
+            rows.append(row(units, rigs, fl, rd, m, label))
+            print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    text = table(rows)
+    print(text)
+    print(json.dumps(rows, indent=1, default=float), file=sys.stderr)
+    if a.write:
+        write_doc(text, "python -m bench.loop_bench " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
