@@ -76,9 +76,9 @@ def bench_cpu(net: Network, steps: int) -> dict[str, Any]:
             "rate_hz": spikes / steps / net.n_neurons * 1e3}
 
 
-def bench_lava(net: Network, steps: int, k: int) -> dict[str, Any]:
+def bench_lava(net: Network, steps: int, k: int, fused: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
-    with LavaBackend(net, stream=True, start_timeout_s=600, buffer_steps=max(64, k)) as lb:
+    with LavaBackend(net, stream=True, start_timeout_s=600, buffer_steps=max(64, k), fused=fused) as lb:
         start_s = time.perf_counter() - t0
         rng = np.random.default_rng(1)
         n_rt = max(1, steps // k)
@@ -125,21 +125,24 @@ def main() -> None:
                     f"| {1e3 / r['steps_per_s']:.3f} | {r['steps_per_s']:,.0f} | {r['rate_hz']:.0f} |")
         print(rows[-1], flush=True)
     if not a.no_lava and lava_available():
-        r = bench_lava(tiny_network(), a.lava_steps, 1)
-        rows.append(f"| lava floor (1 neuron) | 1 | 1 | 1 | {r['p50']:.3f} | {r['p99']:.3f} "
-                    f"| {r['per_step_ms']:.3f} | {r['steps_per_s']:,.0f} | – |")
-        notes.append(f"ZeroMQ ping to the sidecar (no Lava step): p50 {r['ping_p50']:.3f} ms")
-        print(rows[-1], flush=True)
-        for n in sizes:
-            net = bench_network(n)
-            for k in ks:
-                steps = a.lava_steps if n < 10000 else max(k, a.lava_steps // 4)
-                r = bench_lava(net, steps, k)
-                rows.append(f"| lava (Loihi2SimCfg fixed_pt) | {n:,} | {net.n_synapses:,} | {k} "
-                            f"| {r['p50']:.3f} | {r['p99']:.3f} | {r['per_step_ms']:.3f} "
-                            f"| {r['steps_per_s']:,.0f} | {r['rate_hz']:.0f} |")
-                notes.append(f"lava {n:,} neurons k={k}: sidecar start-up {r['start_s']:.1f} s")
-                print(rows[-1], flush=True)
+        for fused in (False, True):
+            kind = "lava fused (1 process)" if fused else "lava stock (Loihi2SimCfg fixed_pt)"
+            r = bench_lava(tiny_network(), a.lava_steps, 1, fused)
+            rows.append(f"| {kind}: floor, 1 neuron | 1 | 1 | 1 | {r['p50']:.3f} | {r['p99']:.3f} "
+                        f"| {r['per_step_ms']:.3f} | {r['steps_per_s']:,.0f} | – |")
+            if not fused:
+                notes.append(f"ZeroMQ ping to the sidecar (no Lava step): p50 {r['ping_p50']:.3f} ms")
+            print(rows[-1], flush=True)
+            for n in sizes:
+                net = bench_network(n)
+                for k in ks:
+                    steps = a.lava_steps if n < 10000 else max(k, a.lava_steps // 4)
+                    r = bench_lava(net, steps, k, fused)
+                    rows.append(f"| {kind} | {n:,} | {net.n_synapses:,} | {k} "
+                                f"| {r['p50']:.3f} | {r['p99']:.3f} | {r['per_step_ms']:.3f} "
+                                f"| {r['steps_per_s']:,.0f} | {r['rate_hz']:.0f} |")
+                    notes.append(f"{kind} {n:,} neurons k={k}: sidecar start-up {r['start_s']:.1f} s")
+                    print(rows[-1], flush=True)
     table = "\n".join(rows)
     footer = (f"\nload average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores; "
               + "; ".join(notes))

@@ -172,11 +172,11 @@ class SpikingALM:
     def __init__(self, backend_kind: Literal["cpu", "lava"] = "cpu", seed: int = 0,
                  units_per_hemisphere: int = 100, params: SpikingALMParams | None = None, *,
                  deadline_s: float = 0.010, alarm: Alarm | None = None,
-                 backend: Backend | None = None) -> None:
+                 backend: Backend | None = None, fused: bool = True) -> None:
         self.params = params or SpikingALMParams()
         self.net = build_network(units_per_hemisphere, seed, self.params)
         self.backend: Backend = backend or make_backend(self.net, backend_kind, deadline_s=deadline_s,
-                                                        alarm=alarm)
+                                                        alarm=alarm, fused=fused)
         self.rng = np.random.default_rng(seed + 1_000_003)
         self.n_per_hemi = units_per_hemisphere
         self.n_units = 2 * units_per_hemisphere

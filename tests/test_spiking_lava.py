@@ -34,12 +34,14 @@ def alm_protocol(t: int) -> tuple[float, float, float, float]:
     return s, s, light, 0.0
 
 
-def test_spiking_alm_streams_bit_identically_on_lava_and_cpu(need_lava: None) -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["stock", "fused"])
+def test_spiking_alm_streams_bit_identically_on_lava_and_cpu(need_lava: None, fused: bool) -> None:
     # 300 one-ms steps of the fixed-point ALM (20 units per hemisphere), same seeded inputs:
     # the Lava stream (Injector/Extractor, RunContinuous) gives exactly the CPU spike counts.
     # The FallbackBackend also compares against its CPU shadow every step (divergences == 0).
     alarms: list[str] = []
-    lava = SpikingALM("lava", seed=1, units_per_hemisphere=20, deadline_s=5.0, alarm=alarms.append)
+    lava = SpikingALM("lava", seed=1, units_per_hemisphere=20, deadline_s=5.0, alarm=alarms.append,
+                      fused=fused)
     cpu = SpikingALM("cpu", seed=1, units_per_hemisphere=20)
     try:
         assert isinstance(lava.backend, FallbackBackend)
@@ -108,3 +110,27 @@ def test_missing_lava_venv_is_reported_clearly_and_make_backend_falls_back() -> 
 def test_loihi_hardware_config_fails_clearly_without_a_loihi(need_lava: None) -> None:
     with pytest.raises(BackendUnavailable, match="Loihi"):
         LavaBackend(build_network(4, seed=0), hw=True)
+
+
+def test_fused_process_model_gives_the_stock_models_spikes(need_lava: None) -> None:
+    # The low-latency path (one Lava process model for the whole network) must give the same
+    # spikes as the stock LIF/Dense/Sparse models. The CPU backend is bit-identical to the stock
+    # models (test_spiking_equivalence.py), so compare against it on 2 × 4 random networks
+    # (delays, sparse/dense, mixed/inhibitory weights, weight_exp) with every population an output.
+    from test_spiking_equivalence import random_inputs, random_network
+
+    from hardware.spiking.network import Network, OutputPort
+
+    for seed in (11, 12):
+        net = Network.union([(f"n{k}", random_network(seed * 10 + k)) for k in range(4)])
+        net = net.model_copy(update={"outputs": [OutputPort(name=p.name, population=p.name)
+                                                 for p in net.populations]})
+        n_steps = 40
+        x = random_inputs(net, n_steps, seed)
+        cpu = CpuBackend(net).run(n_steps, x)
+        with LavaBackend(net, fused=True) as lb:
+            assert lb.info["fused"]
+            got = lb.step_many(x, n_steps)
+        for p in net.populations:
+            assert np.array_equal(got[p.name], cpu.spikes[p.name]), (seed, p.name)
+        assert sum(int(s.sum()) for s in cpu.spikes.values()) > 0

@@ -270,21 +270,225 @@ def batch_run(doc: dict, arrays: list[dict], n_steps: int, inputs: dict[str, np.
     return out
 
 
+# ----------------------------------------------------------------------------- fused network
+_FUSED: dict = {}
+
+
+def fused_classes() -> tuple:
+    """A Lava Process + PyLoihiProcessModel running the *whole* network in one OS process.
+
+    Stock Lava runs every LIF/Dense/Sparse/Injector/Extractor as its own OS process that the
+    runtime synchronises through pipes every step; this model runs the same arithmetic (the
+    stock models' numpy code, operation for operation: same weight clipping/truncation, same
+    32-bit channels, same LIF update) in one process whose InPort and OutPort are external
+    pipes (the mechanism Lava's Injector/Extractor use), so one step costs one process's phase
+    handshake. Equivalence with the stock models is tested (test_spiking_lava.py).
+    """
+    if _FUSED:
+        return _FUSED["proc"], _FUSED["model"]
+    from lava.magma.core.decorator import implements, requires
+    from lava.magma.core.model.py.model import PyLoihiProcessModel
+    from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+    from lava.magma.core.model.py.type import LavaPyType
+    from lava.magma.core.process.ports.ports import InPort, OutPort
+    from lava.magma.core.process.process import AbstractProcess
+    from lava.magma.core.resources import CPU
+    from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+    from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
+    from scipy.sparse import csr_matrix
+
+    class FusedNetwork(AbstractProcess):
+        """One process for the whole network; input and output through external pipes."""
+
+        def __init__(self, doc: dict, arrays: list, buffer_size: int) -> None:
+            n_in = max(1, sum(i["size"] for i in doc["inputs"]))
+            sizes = {p["name"]: p["size"] for p in doc["populations"]}
+            n_out = max(1, sum(sizes[o["population"]] for o in doc["outputs"]))
+            super().__init__(doc=doc, arrays=arrays)
+            self.in_port = InPort(shape=(n_in,))
+            self.in_port.flag_external_pipe(buffer_size=buffer_size)
+            self.out_port = OutPort(shape=(n_out,))
+            self.out_port.flag_external_pipe(buffer_size=buffer_size)
+
+    @implements(proc=FusedNetwork, protocol=LoihiProtocol)
+    @requires(CPU)
+    class PyFusedModel(PyLoihiProcessModel):
+        """The stock models' arithmetic for every population and connection, in one process."""
+
+        in_port: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+        out_port: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+
+        def __init__(self, proc_params: dict) -> None:
+            super().__init__(proc_params)
+            doc, arrays = proc_params["doc"], proc_params["arrays"]
+            self.fixed = doc["mode"] == "fixed"
+            self.pops = []
+            for p in doc["populations"]:
+                n = p["size"]
+                bias = np.broadcast_to(np.asarray(p["bias_mant"], dtype=np.float64), (n,))
+                if self.fixed:
+                    bm = bias.astype(np.int16).astype(np.int32)
+                    eb = np.left_shift(bm, int(p["bias_exp"]))
+                    st = {"u": np.zeros(n, np.int32), "v": np.zeros(n, np.int32), "bias": eb,
+                          "du": int(p["du"]), "dv": int(p["dv"]), "vth6": int(p["vth"]) << 6}
+                else:
+                    st = {"u": np.zeros(n), "v": np.zeros(n), "bias": bias.copy(), "du": float(p["du"]),
+                          "dv": float(p["dv"]), "vth": float(p["vth"]),
+                          "refr": int(p.get("refractory_period", 0)), "ref_end": np.zeros(n, np.int64)}
+                st["name"], st["n"] = p["name"], n
+                self.pops.append(st)
+            self.pop_index = {st["name"]: i for i, st in enumerate(self.pops)}
+            self.in_off, off = {}, 0
+            for ip in doc["inputs"]:
+                self.in_off[ip["name"]] = (off, ip["size"], ip["graded"])
+                off += ip["size"]
+            self.conns = []
+            sizes = {p["name"]: p["size"] for p in doc["populations"]}
+            sizes.update({i["name"]: i["size"] for i in doc["inputs"]})
+            for c, a in zip(doc["connections"], arrays, strict=True):
+                n_pre, n_post = sizes[c["source"]], sizes[c["target"]]
+                d = a["delay"]
+                max_delay = 0 if d is None or d.size == 0 else int(d.max())
+                if self.fixed:
+                    W = csr_matrix((a["weight"].astype(np.int32), (a["post"], a["pre"])), shape=(n_post, n_pre))
+                    if c["kind"] == "dense":
+                        W = W.toarray()
+                    mode = determine_sign_mode(W)
+                    W = clip_weights(W, mode, num_bits=8)
+                    W = truncate_weights(W, mode, int(c["num_weight_bits"]))
+                    W = csr_matrix(W)
+                else:
+                    W = csr_matrix((a["weight"], (a["post"], a["pre"])), shape=(n_post, n_pre))
+                Wd = []
+                if max_delay > 0:
+                    D = csr_matrix((d.astype(np.int64) + 1, (a["post"], a["pre"])), shape=(n_post, n_pre))
+                    for k in range(max_delay + 1):
+                        Wd.append(csr_matrix(W.multiply(k + 1 == D)))
+                dt = np.int32 if self.fixed else np.float64
+                self.conns.append({"W": W, "Wd": Wd, "D": max_delay, "shift": int(c["weight_exp"]),
+                                   "src": c["source"], "tgt": self.pop_index[c["target"]],
+                                   "buff": np.zeros((n_post, max_delay + 1), dt) if max_delay else
+                                   np.zeros(n_post, np.int64 if self.fixed else np.float64)})
+            self.out_sl = []
+            for o in doc["outputs"]:
+                self.out_sl.append(self.pop_index[o["population"]])
+            self.spk = [np.zeros(st["n"], bool) for st in self.pops]
+
+        def _shift(self, x: np.ndarray, sh: int) -> np.ndarray:
+            return np.left_shift(x, sh) if sh > 0 else np.right_shift(x, -sh)
+
+        def run_spk(self) -> None:
+            x = self.in_port.recv()
+            fixed = self.fixed
+            # 1. every connection sends what it accumulated last step (through a 32-bit channel)
+            a_in = [np.zeros(st["n"], np.int16 if fixed else np.float64) for st in self.pops]
+            for c in self.conns:
+                out = c["buff"][:, 0] if c["D"] else c["buff"]
+                a_in[c["tgt"]] = a_in[c["tgt"]] + (out.astype(np.int32) if fixed else out)
+            # 2. every LIF population updates (PyLifModelBitAcc / PyLifModelFloat)
+            for st, act in zip(self.pops, a_in, strict=True):
+                if fixed:
+                    decayed = np.int64(st["u"]) * (4096 - (st["du"] + 1))
+                    decayed = np.int32(np.sign(decayed) * np.right_shift(np.abs(decayed), 12))
+                    decayed += np.left_shift(act.astype(np.int32), 6)
+                    m = 2 ** 23
+                    wrapped = np.where(decayed > m, decayed - 2 * m, decayed)
+                    wrapped = np.where(wrapped <= -m, decayed + 2 * m, wrapped)
+                    st["u"][:] = wrapped
+                    dv = np.int64(st["v"]) * (4096 - st["dv"])
+                    dv = np.int32(np.sign(dv) * np.right_shift(np.abs(dv), 12))
+                    st["v"][:] = np.clip(dv + st["u"] + st["bias"], -m + 1, m - 1)
+                    s = st["v"] > st["vth6"]
+                    st["v"][s] = 0
+                else:
+                    st["u"][:] = st["u"] * (1 - st["du"])
+                    st["u"][:] += act
+                    ok = st["ref_end"] < self.time_step
+                    st["v"][ok] = st["v"][ok] * (1 - st["dv"]) + (st["u"][ok] + st["bias"][ok])
+                    s = st["v"] > st["vth"]
+                    st["ref_end"][s] = self.time_step + st["refr"]
+                    st["v"][s] = 0
+                self.spk[self.pop_index[st["name"]]] = s
+            # 3. every connection accumulates this step's spikes (Dense/Sparse and Delay variants)
+            for c in self.conns:
+                if c["src"] in self.in_off:
+                    o, n, graded = self.in_off[c["src"]]
+                    sv = x[o:o + n]
+                    sv = (sv.astype(np.int64) if fixed else sv) if graded else sv.astype(bool).astype(np.int64)
+                else:
+                    sv = self.spk[self.pop_index[c["src"]]].astype(np.int64)
+                if c["D"]:
+                    acts = [Wk.dot(sv) for Wk in c["Wd"]]
+                    c["buff"][:, 0] = 0
+                    c["buff"] = np.roll(c["buff"], -1)
+                    for k, act in enumerate(acts):
+                        c["buff"][:, k] += self._shift(act, c["shift"]) if fixed else act
+                else:
+                    acc = c["W"].dot(sv)
+                    c["buff"] = self._shift(acc, c["shift"]) if fixed else acc
+            out = np.concatenate([self.spk[i] for i in self.out_sl]) if self.out_sl else np.zeros(1)
+            self.out_port.send(out.astype(np.float64))
+
+    _FUSED["proc"], _FUSED["model"] = FusedNetwork, PyFusedModel
+    return FusedNetwork, PyFusedModel
+
+
 class Stream:
     """The streaming instance: injectors in, extractors out, RunContinuous."""
 
-    def __init__(self, doc: dict, arrays: list[dict], hw: bool, buffer_size: int) -> None:
+    def __init__(self, doc: dict, arrays: list[dict], hw: bool, buffer_size: int, fused: bool = False) -> None:
         from lava.magma.core.run_conditions import RunContinuous
         self.doc = doc
         self.fixed = doc["mode"] == "fixed"
         self.buffer_size = buffer_size
+        self.fused = fused
+        if fused:
+            if hw:
+                raise RuntimeError("--fused is a CPU (Loihi2SimCfg) process model; drop it for --hw")
+            from lava.magma.core.run_configs import Loihi2SimCfg
+            proc_cls, model_cls = fused_classes()
+            self.proc = proc_cls(doc, arrays, buffer_size)
+            # keyed by the instance: the compiler looks instances up before searching for models
+            self.proc.run(condition=RunContinuous(),
+                          run_cfg=Loihi2SimCfg(exception_proc_model_map={self.proc: model_cls}))
+            self.send_port = self.proc.in_port.external_pipe_csp_send_port
+            self.recv_port = self.proc.out_port.external_pipe_csp_recv_port
+            self.in_layout = [(i["name"], i["size"]) for i in doc["inputs"]]
+            sizes = {p["name"]: p["size"] for p in doc["populations"]}
+            self.out_layout = [(o["name"], sizes[o["population"]]) for o in doc["outputs"]]
+            self.x = np.zeros(self.proc.in_port.shape)
+            return
         self.b = build(doc, arrays, "stream", buffer_size=buffer_size)
         self.proc = any_process(self.b)
         self.proc.run(condition=RunContinuous(), run_cfg=run_config(self.fixed, hw))
         self.zeros = {name: np.zeros(inj.out_port.shape) for name, inj in self.b.injectors.items()}
 
+    def _step_fused(self, k: int, inputs: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        out = {name: np.zeros((k, n), dtype=np.uint8) for name, n in self.out_layout}
+        done = 0
+        while done < k:
+            m = min(k - done, self.buffer_size)
+            for i in range(done, done + m):
+                o = 0
+                self.x[:] = 0
+                for name, n in self.in_layout:
+                    if name in inputs:
+                        self.x[o:o + n] = inputs[name][i]
+                    o += n
+                self.send_port.send(self.x)
+            for i in range(done, done + m):
+                y = self.recv_port.recv()
+                o = 0
+                for name, n in self.out_layout:
+                    out[name][i] = y[o:o + n] != 0
+                    o += n
+            done += m
+        return list(out.items())
+
     def step(self, k: int, inputs: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
         """Inject k input vectors per port, return k output vectors per port."""
+        if self.fused:
+            return self._step_fused(k, inputs)
         out = {name: np.zeros((k, ex.in_port.shape[0]), dtype=np.uint8) for name, ex in self.b.extractors.items()}
         done = 0
         while done < k:  # never more than the buffer holds in flight
@@ -317,10 +521,10 @@ def serve(args: argparse.Namespace) -> int:
         doc, arrays = load_network(args.net)
         run_config(doc["mode"] == "fixed", args.hw)  # fail early and clearly on --hw
         if args.stream:
-            stream = Stream(doc, arrays, args.hw, args.buffer)
+            stream = Stream(doc, arrays, args.hw, args.buffer, fused=args.fused)
         send_msg(sock, {"event": "ready", "pid": os.getpid(), "lava": getattr(lava, "__version__", "0.10"),
                         "python": sys.version.split()[0], "startup_s": time.perf_counter() - t0,
-                        "stream": stream is not None})
+                        "stream": stream is not None, "fused": bool(args.fused)})
     except Exception as e:  # report any start-up failure to rigd, then exit
         send_msg(sock, {"event": "error", "error": f"{type(e).__name__}: {e}",
                         "traceback": traceback.format_exc()})
@@ -367,6 +571,8 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="build and start the streaming instance")
     ap.add_argument("--buffer", type=int, default=64, help="injector/extractor buffer (max steps in flight)")
     ap.add_argument("--hw", action="store_true", help="Loihi2HwCfg instead of Loihi2SimCfg")
+    ap.add_argument("--fused", action="store_true",
+                    help="stream through one fused process model instead of one OS process per Lava process")
     code = serve(ap.parse_args())
     sys.stdout.flush()
     os._exit(code)  # Lava's runtime threads may linger; rigd also ends our process group

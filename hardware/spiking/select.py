@@ -102,7 +102,7 @@ class FallbackBackend:
 
 def make_backend(net: Network, kind: Literal["cpu", "lava"] = "cpu", *, deadline_s: float = 0.010,
                  alarm: Alarm | None = None, python: str | None = None, start_timeout_s: float = 120.0,
-                 hw: bool = False) -> Backend:
+                 hw: bool = False, fused: bool = True) -> Backend:
     """The backend to run ``net`` on: ``cpu``, or ``lava`` with the CPU backend as its fallback.
 
     Args:
@@ -114,6 +114,9 @@ def make_backend(net: Network, kind: Literal["cpu", "lava"] = "cpu", *, deadline
         python: the Lava venv's interpreter (default ``.venv-lava/bin/python``).
         start_timeout_s: how long the sidecar may take to build and start the network.
         hw: run on Loihi 2 hardware (fails over to the CPU backend where there is none).
+        fused: stream through the one-process fused model (the low-latency path, same spikes as
+            the stock models); False uses one Lava process per population/connection. Ignored
+            with ``hw`` (hardware runs the stock processes).
     """
     alarm = alarm or _no_alarm
     if kind == "cpu":
@@ -121,7 +124,8 @@ def make_backend(net: Network, kind: Literal["cpu", "lava"] = "cpu", *, deadline
     if kind != "lava":
         raise ValueError(f"backend kind must be 'cpu' or 'lava', got {kind!r}")
     try:
-        lava = LavaBackend(net, python, stream=True, hw=hw, start_timeout_s=start_timeout_s)
+        lava = LavaBackend(net, python, stream=True, hw=hw, start_timeout_s=start_timeout_s,
+                           fused=fused and not hw)
     except (BackendUnavailable, BackendDeadlineMissed) as e:
         alarm(f"spiking backend: Lava could not start ({e}); the CPU backend serves")
         return CpuBackend(net)
