@@ -77,7 +77,10 @@ class OnlineDecoder:
             ``lambda: CodingDirection(window_s=0.4)``).
         n_units: units per frame.
         hemisphere: (n_units,) LEFT/RIGHT per unit.
-        bin_s: width of one live frame (s); also the bin width of the collected trials.
+        bin_s: width of one live frame (s).
+        fit_bin_s: bin width of the collected trials the decoder is fitted on (default
+            ``bin_s``; a whole multiple of it). With 1-ms frames use e.g. 0.1 s: frames are summed
+            into fit bins, the pool stays small, and the decoder is then stepped per frame.
         n_fit_trials: labelled trials in the pool before the first fit (a failed fit, e.g. too
             few trials of one side, is retried after every further pooled trial).
         mode: ``"freeze"`` (fit once, then stop pooling) or ``"adaptive"`` (refit on the recent
@@ -95,7 +98,7 @@ class OnlineDecoder:
                  mode: Literal["freeze", "adaptive"] = "adaptive",
                  refit_every_trials: int = 20, window_trials: int = 120,
                  t_window_s: tuple[float, float] = (-3.5, 0.0), inline_fit: bool = True,
-                 provenance: dict[str, Any] | None = None) -> None:
+                 provenance: dict[str, Any] | None = None, fit_bin_s: float | None = None) -> None:
         if mode not in ("freeze", "adaptive"):
             raise ValueError(f"mode must be 'freeze' or 'adaptive', got {mode!r}")
         if n_fit_trials < 10:
@@ -110,6 +113,11 @@ class OnlineDecoder:
         self.n_units = int(n_units)
         self.hemisphere = hem
         self.bin_s = float(bin_s)
+        self.fit_bin_s = self.bin_s if fit_bin_s is None else float(fit_bin_s)
+        k = round(self.fit_bin_s / self.bin_s)
+        if k < 1 or abs(k * self.bin_s - self.fit_bin_s) > 1e-6 * self.fit_bin_s:
+            raise ValueError(f"fit_bin_s={self.fit_bin_s} s must be a whole multiple of bin_s={self.bin_s} s")
+        self._frames_per_bin = k
         self.n_fit_trials = int(n_fit_trials)
         self.mode = mode
         self.refit_every_trials = int(refit_every_trials)
@@ -117,11 +125,11 @@ class OnlineDecoder:
         self.t_window_s = (float(t_window_s[0]), float(t_window_s[1]))
         self.inline_fit = inline_fit
         self.session_provenance = dict(provenance or {})
-        self.n_bins = round((self.t_window_s[1] - self.t_window_s[0]) / self.bin_s)
+        self.n_bins = round((self.t_window_s[1] - self.t_window_s[0]) / self.fit_bin_s)
         cap = max(self.window_trials, self.n_fit_trials)
         self._cap = cap
         self._buf = np.zeros((self.n_bins, self.n_units), dtype=np.uint16)
-        self._got = np.zeros(self.n_bins, dtype=np.bool_)
+        self._got = np.zeros(self.n_bins, dtype=np.int64)  # frames received per fit bin
         self._pool = np.zeros((cap, self.n_bins, self.n_units), dtype=np.uint16)
         self._pool_choice = np.zeros(cap, dtype=np.int8)
         self._pool_instructed = np.zeros(cap, dtype=np.int8)
@@ -169,7 +177,7 @@ class OnlineDecoder:
         self._trial = int(trial)
         self._in_trial = True
         self._buf[:] = 0
-        self._got[:] = False
+        self._got[:] = 0
         self._last_value = math.nan
         if self._dec is not None:
             self._dec.reset()
@@ -178,10 +186,11 @@ class OnlineDecoder:
         """One frame: store it in the trial buffer (if inside ``t_window_s``) and step the decoder."""
         self._frames_since_fit += 1
         if self._in_trial and not math.isnan(t_s):
-            b = math.floor((t_s - 0.5 * self.bin_s - self.t_window_s[0]) / self.bin_s)
+            b = math.floor((t_s - 0.5 * self.bin_s - self.t_window_s[0]) / self.fit_bin_s)
             if 0 <= b < self.n_bins:
-                self._buf[b] = counts
-                self._got[b] = True
+                row = self._buf[b]
+                np.add(row, counts, out=row, casting="unsafe")
+                self._got[b] += 1
             else:
                 self.counters["frames_outside_window"] += 1
         dec = self._dec
@@ -212,7 +221,7 @@ class OnlineDecoder:
         if choice == 0:
             self.counters["trials_unlabelled"] += 1
             return False
-        if self._got.mean() < MIN_BINS_FILLED:
+        if self._got.sum() < MIN_BINS_FILLED * self.n_bins * self._frames_per_bin:
             self.counters["trials_incomplete"] += 1
             return False
         if self.mode == "freeze" and self._dec is not None:
@@ -246,7 +255,7 @@ class OnlineDecoder:
         order = order[-self.window_trials:]
         prov = {**self.session_provenance, "trials": self._pool_trial[order].tolist(),
                 "online": True, "mode": self.mode}
-        return TrialSet(self._pool[order].copy(), self.bin_s, self.t_window_s[0],
+        return TrialSet(self._pool[order].copy(), self.fit_bin_s, self.t_window_s[0],
                         self._pool_choice[order].copy(), self._pool_instructed[order].copy(),
                         self._pool_correct[order].copy(), self.hemisphere.copy(), prov)
 

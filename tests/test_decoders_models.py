@@ -7,6 +7,7 @@ cross-validated accuracy. The GRU trains for a few seconds at most (small data, 
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,21 @@ def test_kalman_and_gru_accept_finer_frames(coded):
 
 def test_registry_names():
     assert set(decoders.registry) >= {"cd", "cd_li", "logistic", "lda", "kalman", "gru"}
+
+
+@pytest.mark.parametrize("name", ["logistic", "lda", "kalman", "gru"])
+def test_step_does_not_accumulate_python_allocations(name, coded):
+    dec = factories()[name]()
+    dec.fit_only(coded)
+    frames = coded.counts[0]
+    for b in range(frames.shape[0]):
+        dec.step(frames[b], b, -0.5)
+    tracemalloc.start()
+    base, _ = tracemalloc.get_traced_memory()
+    for i in range(3000):
+        dec.step(frames[i % frames.shape[0]], i, -0.5)
+    cur, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # only replaced float objects churn (tracemalloc sees Python/numpy allocations, not torch's
+    # C++ allocator: the GRU's torch ops all write into preallocated tensors via out=/in-place)
+    assert cur - base < 1024 and peak - base < 4096

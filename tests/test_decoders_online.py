@@ -151,3 +151,25 @@ def test_bad_arguments_are_rejected_with_the_offending_value():
         make_od(ts, mode="sometimes")
     with pytest.raises(ValueError, match=r"hemisphere has shape \(3,\)"):
         OnlineDecoder(CodingDirection, n_units=10, hemisphere=np.zeros(3), bin_s=0.1)
+
+
+def test_fine_frames_are_summed_into_fit_bins_and_the_decoder_steps_per_frame():
+    ts = make_trialset(30, 6, seed=20, gain=0.3)
+    fine = np.zeros((ts.n_trials, ts.counts.shape[1] * 10, ts.n_units), dtype=np.uint8)
+    fine[:, 3::10] = ts.counts  # every 100-ms bin's spikes land in one of its ten 10-ms frames
+    od = OnlineDecoder(CodingDirection, n_units=ts.n_units, hemisphere=ts.hemisphere, bin_s=0.01,
+                       fit_bin_s=0.1, n_fit_trials=20, mode="freeze")
+    t = -3.5 + 0.01 * (np.arange(fine.shape[1]) + 1)
+    for i in range(ts.n_trials):
+        od.on_trial_start(i)
+        for j in range(fine.shape[1]):
+            e = od.step(fine[i, j], j, float(t[j]))
+        if i == 19:
+            np.testing.assert_array_equal(od.snapshot().counts, ts.counts[:19])  # trials 0..18 pooled
+        od.on_trial_end(i, int(ts.choice[i]), int(ts.instructed[i]), bool(ts.correct[i]), True)
+    assert od.ready and od.decoder.frame_s == 0.01 and e.ready
+    # the decoder fitted on 100-ms bins, stepped on 10-ms frames, reports at the go cue what its
+    # batch twin reports for the same trial's 100-ms bins (same spikes in the 100-ms window)
+    assert e.value == pytest.approx(od.decoder.batch_values(ts.subset(np.array([29])))[0, -1], abs=1e-9)
+    with pytest.raises(ValueError, match="whole multiple"):
+        OnlineDecoder(CodingDirection, n_units=4, hemisphere=np.zeros(4), bin_s=0.03, fit_bin_s=0.1)
