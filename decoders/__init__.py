@@ -8,6 +8,7 @@ another package (e.g. the spiking decoder) add its class, which must implement
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from decoders.common import read_npz
 from decoders.gru import GRUDecoder
 from decoders.kalman import KalmanCD
 from decoders.linear import LDA, Logistic
+
+#: decoders living in modules that are imported only when a saved file names them (they pull in
+#: heavier packages, e.g. the spiking decoder needs hardware.spiking)
+LAZY_MODULES = {"spiking": "decoders.spiking"}
 
 registry: dict[str, Any] = {
     "cd": CodingDirection,
@@ -37,6 +42,8 @@ def load(path: Path | str) -> Decoder:
     """Load a decoder saved by any registered class (dispatch on the saved name)."""
     meta, _ = read_npz(Path(path))
     name = meta["name"]
+    if name not in registry and name in LAZY_MODULES:
+        importlib.import_module(LAZY_MODULES[name])  # registers itself
     if name not in registry:
         raise ValueError(f"{path}: decoder {name!r} is not registered; known: {sorted(registry)}")
     dec: Decoder = registry[name].load(Path(path))

@@ -22,7 +22,7 @@ the first trials of the new day, then keep adapting. Pure computation: no clocks
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,6 +90,8 @@ class OnlineDecoder:
         t_window_s: trial time span collected per trial, relative to the go cue.
         inline_fit: fit inside ``on_trial_end`` (True) or leave it to the service (False).
         provenance: session information copied into every fit's provenance (session id, day…).
+        exclude_units: units whose counts are zeroed before pooling and decoding (e.g. the
+            light-excited fast-spiking units of the heartbeat's ``fs_units``; science.md §2.1).
 
     """
 
@@ -98,7 +100,8 @@ class OnlineDecoder:
                  mode: Literal["freeze", "adaptive"] = "adaptive",
                  refit_every_trials: int = 20, window_trials: int = 120,
                  t_window_s: tuple[float, float] = (-3.5, 0.0), inline_fit: bool = True,
-                 provenance: dict[str, Any] | None = None, fit_bin_s: float | None = None) -> None:
+                 provenance: dict[str, Any] | None = None, fit_bin_s: float | None = None,
+                 exclude_units: Sequence[int] = ()) -> None:
         if mode not in ("freeze", "adaptive"):
             raise ValueError(f"mode must be 'freeze' or 'adaptive', got {mode!r}")
         if n_fit_trials < 10:
@@ -118,6 +121,13 @@ class OnlineDecoder:
         if k < 1 or abs(k * self.bin_s - self.fit_bin_s) > 1e-6 * self.fit_bin_s:
             raise ValueError(f"fit_bin_s={self.fit_bin_s} s must be a whole multiple of bin_s={self.bin_s} s")
         self._frames_per_bin = k
+        bad = [u for u in exclude_units if not 0 <= int(u) < n_units]
+        if bad:
+            raise ValueError(f"exclude_units {bad} out of range 0..{n_units - 1}")
+        self.exclude_units = sorted({int(u) for u in exclude_units})
+        self._keep = np.ones(n_units, dtype=np.uint8)
+        self._keep[self.exclude_units] = 0
+        self._masked = np.zeros(n_units, dtype=np.uint16)
         self.n_fit_trials = int(n_fit_trials)
         self.mode = mode
         self.refit_every_trials = int(refit_every_trials)
@@ -185,6 +195,8 @@ class OnlineDecoder:
     def step(self, counts: npt.NDArray[Any], seq: int, t_s: float) -> Estimate:
         """One frame: store it in the trial buffer (if inside ``t_window_s``) and step the decoder."""
         self._frames_since_fit += 1
+        if self.exclude_units:
+            counts = np.multiply(counts, self._keep, out=self._masked, casting="unsafe")
         if self._in_trial and not math.isnan(t_s):
             b = math.floor((t_s - 0.5 * self.bin_s - self.t_window_s[0]) / self.fit_bin_s)
             if 0 <= b < self.n_bins:
@@ -254,7 +266,7 @@ class OnlineDecoder:
             else np.arange(n)
         order = order[-self.window_trials:]
         prov = {**self.session_provenance, "trials": self._pool_trial[order].tolist(),
-                "online": True, "mode": self.mode}
+                "online": True, "mode": self.mode, "excluded_units": list(self.exclude_units)}
         return TrialSet(self._pool[order].copy(), self.fit_bin_s, self.t_window_s[0],
                         self._pool_choice[order].copy(), self._pool_instructed[order].copy(),
                         self._pool_correct[order].copy(), self.hemisphere.copy(), prov)
@@ -271,7 +283,8 @@ class OnlineDecoder:
             dec = factory()
             try:
                 report = dec.fit(trials)
-            except ValueError as exc:  # too few trials of a side, degenerate data: keep serving the old one
+            except Exception as exc:  # too few trials of a side, degenerate data or a bug in a
+                # plug-in decoder: report it and keep serving the old decoder
                 return FitOutcome(None, None, f"{type(exc).__name__}: {exc}", trials.n_trials)
             return FitOutcome(dec, report, "", trials.n_trials)
 
@@ -286,8 +299,8 @@ class OnlineDecoder:
                 self.counters["fits_failed"] += 1
                 return
             dec, report = outcome.decoder, outcome.report
-        else:
-            dec, report = outcome, None
+        else:  # a decoder fitted elsewhere (e.g. decoders.load of yesterday's file)
+            dec, report = outcome, getattr(outcome, "last_report", None)
         set_frame = getattr(dec, "set_frame_s", None)
         if set_frame is not None:
             set_frame(self.bin_s)
@@ -303,14 +316,15 @@ class OnlineDecoder:
     def status(self) -> dict[str, Any]:
         """Report what rigd shows and records: decoder, readiness, fits, quality, age, provenance."""
         rep = self.last_report
-        prov = rep.provenance if rep is not None else {}
+        prov: dict[str, Any] = rep.provenance if rep is not None else dict(getattr(self._dec, "provenance", {}))
+        saved = prov.get("fit_report") or {}  # a loaded decoder carries its fit's report here
         return {
             "decoder": getattr(self._dec, "name", None) or getattr(self.factory, "name", None),
             "ready": self.ready,
             "mode": self.mode,
             "n_fits": self.n_fits,
-            "fit_accuracy": None if rep is None else rep.accuracy,
-            "fit_n_trials": None if rep is None else rep.n_trials,
+            "fit_accuracy": rep.accuracy if rep is not None else saved.get("accuracy"),
+            "fit_n_trials": rep.n_trials if rep is not None else saved.get("n_trials"),
             # sign of the value at the last frame of the window (the go cue) vs the choice, over the
             # last ONLINE_SCORE_TRIALS trials the decoder served (across refits)
             "online_accuracy": float(self._hits[:min(self._online_scored, ONLINE_SCORE_TRIALS)].mean())

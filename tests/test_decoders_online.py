@@ -173,3 +173,52 @@ def test_fine_frames_are_summed_into_fit_bins_and_the_decoder_steps_per_frame():
     assert e.value == pytest.approx(od.decoder.batch_values(ts.subset(np.array([29])))[0, -1], abs=1e-9)
     with pytest.raises(ValueError, match="whole multiple"):
         OnlineDecoder(CodingDirection, n_units=4, hemisphere=np.zeros(4), bin_s=0.03, fit_bin_s=0.1)
+
+
+def test_excluded_units_are_zeroed_for_pooling_and_decoding():
+    ts = make_trialset(40, 6, seed=21, gain=0.3)
+    od = make_od(ts, n_fit_trials=20, mode="freeze", exclude_units=[0, 7])
+    run_trials(od, ts, 0, 20)
+    assert od.ready
+    snap = od.snapshot()
+    assert not snap.counts[:, :, [0, 7]].any() and snap.counts[:, :, 1].any()
+    assert snap.provenance["excluded_units"] == [0, 7]
+    # the fitted axes ignore the excluded units (zero class difference)
+    assert od.decoder.axes[0, 0] == 0 and od.decoder.axes[1, 7] == 0
+    with pytest.raises(ValueError, match=r"exclude_units \[99\]"):
+        make_od(ts, exclude_units=[99])
+
+
+class _Broken(CodingDirection):
+    def fit(self, trials):
+        raise RuntimeError("plug-in decoder bug")
+
+
+def test_any_fit_exception_becomes_a_failed_outcome_and_fits_resume():
+    ts = make_trialset(30, 5, seed=22, gain=0.3)
+    od = make_od(ts, n_fit_trials=20, inline_fit=False)
+    od.factory = _Broken
+    run_trials(od, ts, 0, 20)
+    outcome = od.prepare_fit()()
+    assert outcome.decoder is None and "plug-in decoder bug" in outcome.error
+    od.swap(outcome)
+    assert not od.ready and not od.status()["fit_in_flight"] and od.status()["last_error"]
+    od.factory = CodingDirection
+    run_trials(od, ts, 20, 21)
+    assert od.fit_due  # the next pooled trial asks again
+    od.swap(od.prepare_fit()())
+    assert od.ready
+
+
+def test_loaded_decoder_shows_its_saved_fit_quality(tmp_path):
+    import decoders
+
+    ts = make_trialset(80, 6, seed=23, gain=0.3)
+    dec = CodingDirection()
+    rep = dec.fit(ts)
+    dec.save(tmp_path / "d.npz")
+    od = make_od(ts, mode="freeze")
+    od.swap(decoders.load(tmp_path / "d.npz"))
+    st = od.status()
+    assert st["ready"] and st["fit_accuracy"] == pytest.approx(rep.accuracy) and st["fit_n_trials"] == 80
+    assert st["provenance"]["session"] == "synthetic-23"
