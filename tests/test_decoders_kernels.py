@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from decoders import kernels
 
@@ -44,3 +46,23 @@ def test_window_project_step_equals_numpy_window():
         np.testing.assert_allclose(out[:k], ref, rtol=1e-12, atol=1e-9)
         assert v == pytest.approx(ref.sum())
         assert out[k + 1] == pytest.approx(1 / (1 + np.exp(-0.5 * ref.sum())))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_win=st.integers(1, 12), n_frames=st.integers(1, 40), n_units=st.integers(1, 30),
+       split=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1))
+def test_running_window_equals_recomputed_window_for_any_sizes(n_win, n_frames, n_units, split, seed):
+    rng = np.random.default_rng(seed)
+    s = int(split * n_units)
+    W = np.zeros((2, n_units))
+    W[0, :s] = rng.normal(size=s)
+    W[1, s:] = rng.normal(size=n_units - s)
+    lo, hi = np.array([0, s]), np.array([s, n_units])
+    frames = rng.integers(0, 256, (n_frames, n_units)).astype(np.uint8)
+    ring, acc, state = np.zeros((n_win, 2)), np.zeros(2), np.zeros(2, np.int64)
+    off, comb, out = rng.normal(size=2), np.array([1.0, 1.0, 0.0]), np.zeros(4)
+    for i in range(n_frames):
+        kernels.window_project_step(W, lo, hi, frames[i], ring, acc, state, off, comb, out, 1 / 0.005, 1.0)
+    ref = kernels.window_project_numpy(W, frames[max(0, n_frames - n_win):].astype(float), 0.005, off)
+    # add-newest/subtract-oldest in float64 on counts <= 255: rounding far below 1e-9 relative
+    np.testing.assert_allclose(out[:2], ref, rtol=1e-9, atol=1e-6)

@@ -156,3 +156,20 @@ def test_step_does_not_accumulate_python_allocations(name, coded):
     # only replaced float objects churn (tracemalloc sees Python/numpy allocations, not torch's
     # C++ allocator: the GRU's torch ops all write into preallocated tensors via out=/in-place)
     assert cur - base < 1024 and peak - base < 4096
+
+
+def test_load_finds_a_plug_in_decoder_by_its_saved_name(tmp_path: Path):
+    """decoders.load imports the spiking decoder's module on demand (it is not imported eagerly)."""
+    import subprocess
+    import sys
+
+    from decoders.spiking import SpikingCD
+
+    dec = SpikingCD()
+    dec.fit(make_trialset(60, 8, seed=34, gain=0.3))
+    dec.save(tmp_path / "s.npz")
+    code = ("import sys, decoders; assert 'decoders.spiking' not in sys.modules; "
+            f"d = decoders.load({str(tmp_path / 's.npz')!r}); print(type(d).__name__, d.ready)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "SpikingCD True"
