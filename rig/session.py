@@ -29,12 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
 from rig import wire
 
 RECORD = struct.Struct("<IIqI")
+HEADER_SIZE_ON_WIRE = wire.HEADER_SIZE
+_JSON_KIND_CODES = {int(wire.Kind.TRIAL_EVENT), int(wire.Kind.HEARTBEAT), int(wire.Kind.ALARM), int(wire.Kind.LOG)}
 LOG_NAME = "wire.rlog"
 MANIFEST_NAME = "manifest.json"
 IOV_MAX = 1020  #: buffers per writev (Linux allows 1024)
@@ -224,15 +227,63 @@ class Record:
     payload: memoryview
 
 
+@numba.njit(cache=True)
+def _scan(data: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int64], Any]:  # pragma: no cover - numba
+    """Offsets of whole records in a log (stops at a torn tail); returns (offsets, end)."""
+    n = data.size
+    out = np.empty(max(16, n // 40), dtype=np.int64)
+    k = 0
+    off = np.int64(0)
+    while off + 20 <= n:
+        hl = (np.int64(data[off]) | (np.int64(data[off + 1]) << 8) | (np.int64(data[off + 2]) << 16)
+              | (np.int64(data[off + 3]) << 24))
+        pl = (np.int64(data[off + 4]) | (np.int64(data[off + 5]) << 8) | (np.int64(data[off + 6]) << 16)
+              | (np.int64(data[off + 7]) << 24))
+        end = off + 20 + hl + pl
+        if end > n:
+            break
+        if k == out.size:
+            grown = np.empty(out.size * 2, dtype=np.int64)
+            grown[:k] = out[:k]
+            out = grown
+        out[k] = off
+        k += 1
+        off = end
+    return out[:k], off
+
+
+@numba.njit(cache=True)
+def _gather(data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], nbytes: int
+            ) -> npt.NDArray[np.uint8]:  # pragma: no cover - numba
+    out = np.empty((starts.size, nbytes), dtype=np.uint8)
+    for i in range(starts.size):
+        out[i, :] = data[starts[i]:starts[i] + nbytes]
+    return out
+
+
+_HEADER_DTYPE = np.dtype([("magic", "S4"), ("version", "<u2"), ("kind", "<u2"), ("dtype", "u1"), ("ndim", "u1"),
+                          ("flags", "<u2"), ("dim0", "<u4"), ("dim1", "<u4"), ("rig_id", "<u4"),
+                          ("stream_id", "<u4"), ("seq", "<u8"), ("t_rig_ns", "<i8"), ("t_send_ns", "<i8"),
+                          ("payload_nbytes", "<u4")])
+_RECORD_DTYPE = np.dtype([("hl", "<u4"), ("pl", "<u4"), ("t", "<i8"), ("crc", "<u4")])
+
+
 @dataclass
 class Session:
-    """A recorded session opened for reading (data are loaded lazily from the log)."""
+    """A recorded session opened for reading.
+
+    Opening indexes the log with a compiled scan and vectorised header parsing (millions of
+    frames in seconds); records are materialised only when asked for. Checksums are verified for
+    every JSON record and for the final record (the one a crash can tear); ``verify()`` checks all.
+    """
 
     directory: Path
     manifest: dict[str, Any]
     torn_bytes: int = 0
     bad_records: int = 0
-    _records: list[Record] = field(default_factory=list, repr=False)
+    _data: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8), repr=False)
+    _off: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    _h: npt.NDArray[Any] = field(default_factory=lambda: np.zeros(0, _HEADER_DTYPE), repr=False)
 
     @classmethod
     def open(cls, directory: Path | str) -> Session:
@@ -248,37 +299,66 @@ class Session:
         s._load()
         return s
 
+    def _crc_ok_at(self, o: int) -> bool:
+        hl, pl, _, crc = RECORD.unpack_from(self._data.data, o)
+        mv = memoryview(self._data.data)
+        return bool(zlib.crc32(mv[o + RECORD.size + hl: o + RECORD.size + hl + pl],
+                               zlib.crc32(mv[o + RECORD.size: o + RECORD.size + hl])) == crc)
+
+    def _crc_ok(self, i: int) -> bool:
+        return self._crc_ok_at(int(self._off[i]))
+
     def _load(self) -> None:
-        data = memoryview((self.directory / LOG_NAME).read_bytes())
-        off, n = 0, len(data)
-        while off + RECORD.size <= n:
-            hl, pl, t, crc = RECORD.unpack_from(data, off)
-            end = off + RECORD.size + hl + pl
-            if end > n:
-                break
-            hb = data[off + RECORD.size: off + RECORD.size + hl]
-            pb = data[off + RECORD.size + hl: end]
-            if zlib.crc32(pb, zlib.crc32(hb)) != crc:
-                if end == n:
-                    break  # torn final record
+        data = np.fromfile(self.directory / LOG_NAME, dtype=np.uint8)
+        off, end = _scan(data)
+        self._data = data
+        self.torn_bytes = int(data.size - end)
+        if off.size and not self._crc_ok_at(int(off[-1])):  # a torn final record
+            self.torn_bytes += int(data.size - off[-1]) - self.torn_bytes
+            off = off[:-1]
+        rec = _gather(data, off, RECORD.size).view(_RECORD_DTYPE).reshape(-1) if off.size else \
+            np.zeros(0, _RECORD_DTYPE)
+        good = rec["hl"] == HEADER_SIZE_ON_WIRE
+        hdr = np.zeros(off.size, _HEADER_DTYPE)
+        if good.any():
+            hdr[good] = _gather(data, off[good] + RECORD.size, HEADER_SIZE_ON_WIRE).view(_HEADER_DTYPE).reshape(-1)
+        good &= (hdr["magic"] == wire.MAGIC) & (hdr["version"] == wire.VERSION)
+        good &= hdr["payload_nbytes"] == rec["pl"]
+        self.bad_records = int((~good).sum())
+        self._off, self._h = off[good], hdr[good]
+        self._t = rec["t"][good]
+        for i in np.flatnonzero(np.isin(self._h["kind"], list(_JSON_KIND_CODES))):
+            if not self._crc_ok(int(i)):
                 self.bad_records += 1
-                off = end
-                continue
-            try:
-                h = wire.unpack_header(hb)
-            except wire.WireError:
-                self.bad_records += 1
-                off = end
-                continue
-            self._records.append(Record(t, h, pb))
-            off = end
-        self.torn_bytes = n - off
+
+    def verify(self) -> int:
+        """Check every record's CRC; returns the number that fail."""
+        return sum(not self._crc_ok(i) for i in range(self._off.size))
+
+    def __len__(self) -> int:
+        return int(self._off.size)
+
+    def _record(self, i: int) -> Record:
+        o = int(self._off[i]) + RECORD.size
+        mv = memoryview(self._data.data)
+        h = wire.unpack_header(mv[o:o + HEADER_SIZE_ON_WIRE])
+        return Record(int(self._t[i]), h, mv[o + HEADER_SIZE_ON_WIRE:o + HEADER_SIZE_ON_WIRE + h.payload_nbytes])
+
+    def _select(self, kind: wire.Kind | None = None, rig_id: int | None = None,
+                exclude_rig: int | None = None) -> npt.NDArray[np.int64]:
+        m = np.ones(self._off.size, dtype=bool)
+        if kind is not None:
+            m &= self._h["kind"] == int(kind)
+        if rig_id is not None:
+            m &= self._h["rig_id"] == rig_id
+        if exclude_rig is not None:
+            m &= self._h["rig_id"] != exclude_rig
+        return np.flatnonzero(m)
 
     def records(self, kind: wire.Kind | None = None, rig_id: int | None = None) -> Iterator[Record]:
         """Records in log order, optionally of one kind and/or rig."""
-        for r in self._records:
-            if (kind is None or r.header.kind == kind) and (rig_id is None or r.header.rig_id == rig_id):
-                yield r
+        for i in self._select(kind, rig_id):
+            yield self._record(int(i))
 
     def json_records(self, kind: wire.Kind, rig_id: int | None = None) -> list[tuple[Record, dict[str, Any]]]:
         """Records of a JSON kind with their decoded objects."""
@@ -311,17 +391,24 @@ class Session:
 
     def counts(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[Any]]:
         """All binned spike-count frames: (seq, t_rig_ns, counts (n_frames, n_units))."""
-        rs = [r for r in self.records(wire.Kind.SPIKE_COUNTS) if r.header.rig_id != RIGD_RIG_ID]
-        if not rs:
+        idx = self._select(wire.Kind.SPIKE_COUNTS, exclude_rig=RIGD_RIG_ID)
+        if idx.size == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.uint8)
-        seq = np.fromiter((r.header.seq for r in rs), np.int64, len(rs))
-        t = np.fromiter((r.header.t_rig_ns for r in rs), np.int64, len(rs))
-        width = max(int(np.prod(r.header.shape)) for r in rs)
-        dt = wire.np_dtype(rs[0].header.dtype)
-        out = np.zeros((len(rs), width), dtype=dt)
-        for i, r in enumerate(rs):
-            a = wire.payload_array(r.header, r.payload).reshape(-1)
-            out[i, : a.size] = a
+        h = self._h[idx]
+        seq, t = h["seq"].astype(np.int64), h["t_rig_ns"].astype(np.int64)
+        code = int(h["dtype"][0])
+        same = (h["dtype"] == code).all() and (h["payload_nbytes"] == h["payload_nbytes"][0]).all()
+        dt = wire.np_dtype(wire.DType(code))
+        if same:
+            nb = int(h["payload_nbytes"][0])
+            raw = _gather(self._data, self._off[idx] + RECORD.size + HEADER_SIZE_ON_WIRE, nb)
+            return seq, t, raw.view(dt).reshape(idx.size, -1)
+        width = int(h["dim0"].max())
+        out = np.zeros((idx.size, width), dtype=dt)
+        for j, i in enumerate(idx):
+            a = self._record(int(i))
+            v = wire.payload_array(a.header, a.payload).reshape(-1)
+            out[j, : v.size] = v
         return seq, t, out
 
     def decoder_outputs(self) -> npt.NDArray[np.float64]:
