@@ -6,7 +6,8 @@ For each population size the floor is ``w @ x`` (float64, same size) timed in th
 table gives each decoder's step in µs and its ratio to that floor. Targets (issue 4): CD and
 logistic ≤ 2× the bare dot and ≤ 20 µs at 1,000 units; GRU ≤ 200 µs. Frames are uint8 counts
 (the wire dtype) and the frame width equals the training bin, so every GRU/Kalman step does a
-full update. A second table times the numba kernels against their numpy references.
+full update. "OnlineDecoder(cd)" is what the service calls: it also stores the frame in the
+trial buffer (the uint16 add of one row). A second table times the numba kernels against their numpy references.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from decoders.coding_direction import ChoiceMode, CodingDirection
 from decoders.gru import GRUDecoder
 from decoders.kalman import KalmanCD
 from decoders.linear import LDA, Logistic
+from decoders.online import OnlineDecoder
 from decoders.synthetic import make_trialset
 
 
@@ -94,6 +96,11 @@ def bench_steps(sizes: list[int]) -> list[dict[str, Any]]:
             dec.fit_only(ts)
             dec.reset()
             fns[name] = lambda d=dec, f=frame: d.step(f, 0, -0.5)
+        od = OnlineDecoder(CodingDirection, n_units=n, hemisphere=ts.hemisphere, bin_s=ts.bin_s,
+                           n_fit_trials=40, mode="freeze")
+        od.swap(decs["cd (100 ms)"])
+        od.on_trial_start(0)
+        fns["OnlineDecoder(cd), in trial"] = lambda o=od, f=frame: o.step(f, 0, -0.55)
         np_step = numpy_cd_step(decs["cd (100 ms)"].W, 1)
         fns["cd, numpy calls"] = lambda s=np_step, f=frame: s(f)
         rows.append({"n": n, **interleaved_us(fns)})
