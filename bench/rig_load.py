@@ -53,8 +53,12 @@ def main() -> None:
         return now
 
     n_units = a.units
-    desc = {"rig": "bench", "n_units": n_units, "units_left": n_units // 2,
-            "units_right": n_units - n_units // 2, "bin_s": 1.0 / a.rate}
+    if a.raw_channels:
+        n_units = a.raw_channels  # one threshold-crossing "unit" per channel
+    desc: dict[str, Any] = {"rig": "bench", "n_units": n_units, "units_left": n_units // 2,
+                            "units_right": n_units - n_units // 2, "bin_s": 1.0 / a.rate}
+    if a.raw_channels:
+        desc.update(raw_channels=a.raw_channels, sample_rate_hz=30_000.0)
     hb = wire.json_bytes(desc)
     # handshake (both modes: the echo answers heartbeats too)
     deadline = time.monotonic() + 30
@@ -72,7 +76,11 @@ def main() -> None:
 
     rng = np.random.default_rng(a.rig_id)
     pool = [rng.poisson(0.005, n_units).astype(np.uint8) for _ in range(64)]
-    raw = [rng.integers(-200, 200, (30, a.raw_channels)).astype(np.int16) for _ in range(8)] if a.raw_channels else []
+    raw = []
+    for _ in range(8 if a.raw_channels else 0):  # 1 ms of 30 kHz noise (σ 20) with a few spikes
+        x = rng.normal(0, 20, (30, a.raw_channels))
+        x[rng.integers(0, 30, 8), rng.integers(0, a.raw_channels, 8)] -= 200
+        raw.append(x.astype(np.int16))
     period = int(1e9 / a.rate)
     n_total = int(a.seconds * a.rate)
     n_warm = int(a.warmup_s * a.rate)
@@ -114,7 +122,7 @@ def main() -> None:
                 acks += 1
 
     fd = sub.getsockopt(zmq.FD)
-    first_seq = seqs[0] if not a.raw_channels else seqs[5]
+    first_seq = seqs[5] if a.raw_channels else seqs[0]
     for k in range(n_total):
         t_due = t0 + k * period
         # trial events (rigd mode): the task clock the decoder and scheduler run on

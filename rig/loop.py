@@ -31,6 +31,7 @@ from controllers.base import Controller, Epoch
 from controllers.trial_state import TrialTracker
 from decoders.base import Estimate
 from decoders.online import OnlineDecoder
+from hardware.acquisition import ThresholdDetector
 from hardware.interlock import LightInterlock
 from rig import wire
 from rig.errors import Counters
@@ -80,6 +81,7 @@ class RigPipeline:
     sent_commands: dict[int, dict[str, Any]] = field(default_factory=dict)
     fit_future: concurrent.futures.Future[Any] | None = None
     fit_decoder: OnlineDecoder | None = None
+    detector: ThresholdDetector | None = None  #: for rigs that stream raw samples
     frames: int = 0
     trials_done: int = 0
 
@@ -355,6 +357,13 @@ class HotLoop:
                 self._on_ack(pl, ack)
         elif kind == wire.Kind.HEARTBEAT:
             self._on_heartbeat(pl, h, hbuf, pbuf, t_recv)
+        elif kind == wire.Kind.RAW_SAMPLES and pl is not None and pl.detector is not None:
+            if len(h.shape) != 2 or h.shape[1] != pl.detector.n_channels:
+                self.counters.error("ingest", "shape", f"RAW_SAMPLES from rig {h.rig_id}: expected shape "
+                                    f"(n_samples, {pl.detector.n_channels}), got {h.shape}")
+                return
+            self.recorder.put(hbuf, pbuf, t_recv)
+            self._on_counts(pl, h, pl.detector.step(wire.payload_array(h, pbuf)), t_recv)
         elif kind in (wire.Kind.SPIKE_EVENTS, wire.Kind.RAW_SAMPLES):
             self.recorder.put(hbuf, pbuf, t_recv)
             self.counters.inc(f"ingest.{kind.name.lower()}")
@@ -389,6 +398,10 @@ class HotLoop:
         pl = RigPipeline(rig_id, desc, n_units, now, self.parts.tracker(), self.parts.controller(rig_id),
                          interlock)
         holder.append(pl)
+        raw = desc.get("raw_channels")
+        if isinstance(raw, int) and raw > 0:
+            pl.detector = ThresholdDetector(raw, float(desc.get("threshold_sd", -4.5)),
+                                            int(float(desc.get("sample_rate_hz", 30_000))))
         interlock.heartbeat(now)
         pl.decoder = self._new_decoder(rig_id, desc)
         self.pipelines[rig_id] = pl
