@@ -111,7 +111,8 @@ class Service:
         online = OnlineDecoder(cls, n_units=n, hemisphere=hemisphere,
                              bin_s=float(desc.get("bin_s", self.cfg.bin_ms * 1e-3)),
                              n_fit_trials=self.cfg.n_fit_trials, mode=self.cfg.decoder_mode,
-                             inline_fit=False, provenance={"session": self.directory.name,
+                             inline_fit=False, exclude_units=tuple(int(u) for u in desc.get("fs_units", [])),
+                             provenance={"session": self.directory.name,
                                                            "day": self.cfg.day, "seed": self.cfg.seed})
         if self.cfg.decoder_file is not None:
             online.swap(load_decoder(self.cfg.decoder_file))
