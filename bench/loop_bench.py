@@ -86,7 +86,7 @@ def rigd(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: int
     ingest, command = _endpoints()
     dec = tmp / f"cd-{units}.npz"
     if not dec.exists():
-        fit_decoder(units if not raw_channels else raw_channels, dec)
+        fit_decoder(raw_channels or units, dec)
     cfg = tmp / "bench.toml"
     cfg.write_text(f"rig_ids = {list(range(1, rigs + 1))}\n")
     runtime = tmp / "runtime"

@@ -178,7 +178,7 @@ class LightInterlock:
                            cause=(cmd.cause_seq, cmd.cause_t_rig_ns, cmd.cause_t_send_ns),
                            deadline_rig_ns=cmd.deadline_rig_ns, condition="wire")
 
-    def _start(self, trial: int, hemisphere: str, power: float, duration: float, ramp: float,  # noqa: PLR0917
+    def _start(self, trial: int, hemisphere: str, power: float, duration: float, ramp: float,
                waveform: Waveform | None, freq: float, spots_left: int, spots_right: int, *,
                now_ns: int, cause: tuple[int, int, int], deadline_rig_ns: int,
                condition: str) -> InterlockDecision:
@@ -210,7 +210,7 @@ class LightInterlock:
         self.n_approved += 1
         return InterlockDecision(True, cid, command=cmd)
 
-    def _check(self, trial: int, hemisphere: str, power: float, duration: float, ramp: float,  # noqa: PLR0917
+    def _check(self, trial: int, hemisphere: str, power: float, duration: float, ramp: float,
                waveform: Waveform | None, freq: float, sl: int, sr: int, now_ns: int,
                deadline_rig_ns: int) -> tuple[float, float, float, float, tuple[float, float]]:
         lim = self.limits
