@@ -223,11 +223,43 @@ class SpikingALM:
         out = self.backend.step({"bg": bg, "drive": drive, "light": light})
         self._counts[:n] = out["E_L"]
         self._counts[n:] = out["E_R"]
-        c = self._counts
+        self._update_rates()
+        return self._counts
+
+    def step_block(self, k: int, sensory_input_left: float = 0.0, sensory_input_right: float = 0.0,
+                   light_eps_left: float = 0.0, light_eps_right: float = 0.0) -> npt.NDArray[np.int64]:
+        """Advance k ms with inputs held constant (e.g. one frame); spike counts per ms (k, n_units).
+
+        One backend round trip for the k steps (``step_many``): the batching that lets Lava keep a
+        10-ms decision budget. Same random draws and the same spikes as k calls of :meth:`step`.
+        """
+        prm = self.params
+        n = self.n_per_hemi
+        half = n // 2
+        bg = np.zeros((k, self._n_bg), np.bool_)
+        drive = np.zeros((k, 2 * n), np.bool_)
+        light = np.zeros((k, 2 * n), np.bool_)
+        for t in range(k):  # draw in the order step() draws, so both paths see the same inputs
+            bg[t] = self.rng.random(self._n_bg) < prm.p_bg
+            for j, s in enumerate((sensory_input_left, sensory_input_right)):
+                if s != 0.0:
+                    lo = j * n + (half if s > 0 else 0)
+                    drive[t, lo:lo + half] = self.rng.random(half) < min(1.0, prm.p_drive * abs(s))
+            for j, eps in enumerate((light_eps_left, light_eps_right)):
+                if eps > 0.0:
+                    light[t, j * n:(j + 1) * n] = self.rng.random(n) < min(1.0, prm.p_light * eps)
+        out = self.backend.step_many({"bg": bg, "drive": drive, "light": light}, k)
+        counts = np.concatenate([out["E_L"], out["E_R"]], axis=1).astype(np.int64)
+        for t in range(k):
+            self._counts[:] = counts[t]
+            self._update_rates()
+        return counts
+
+    def _update_rates(self) -> None:
+        n, half, c = self.n_per_hemi, self.n_per_hemi // 2, self._counts
         inst = np.array([c[:half].mean(), c[half:n].mean(), c[n:n + half].mean(), c[n + half:].mean()]) / DT_S
         self._rates += self._alpha * (inst - self._rates)
         self.t_steps += 1
-        return self._counts
 
     def reset_readout(self) -> None:
         """Clear the latent readout's filter (not the network state)."""

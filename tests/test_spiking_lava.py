@@ -134,3 +134,22 @@ def test_fused_process_model_gives_the_stock_models_spikes(need_lava: None) -> N
         for p in net.populations:
             assert np.array_equal(got[p.name], cpu.spikes[p.name]), (seed, p.name)
         assert sum(int(s.sum()) for s in cpu.spikes.values()) > 0
+
+
+def test_frame_blocks_on_lava_equal_per_ms_steps_on_cpu(need_lava: None) -> None:
+    # The simulated mouse can advance one frame (k = 10 ms) per Lava round trip: same spikes as
+    # ten 1-ms CPU steps with the same seed.
+    alarms: list[str] = []
+    lava = SpikingALM("lava", seed=3, units_per_hemisphere=20, deadline_s=5.0, alarm=alarms.append)
+    cpu = SpikingALM("cpu", seed=3, units_per_hemisphere=20)
+    try:
+        for frame in range(30):
+            s = 1.0 if 2 <= frame < 12 else 0.0
+            block = lava.step_block(10, s, s, 0.0, 0.0)
+            for t in range(10):
+                assert np.array_equal(block[t], cpu.step(s, s, 0.0, 0.0)), (frame, t)
+        assert lava.backend.kind == "lava" and alarms == []
+        assert lava.x == pytest.approx(cpu.x)
+    finally:
+        lava.close()
+        cpu.close()

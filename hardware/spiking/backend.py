@@ -48,6 +48,10 @@ class Backend(Protocol):
         """Inject this step's inputs (port → (size,)) and return this step's output spikes per output port."""
         ...
 
+    def step_many(self, inputs: dict[str, npt.NDArray[Any]] | None, k: int) -> dict[str, npt.NDArray[np.bool_]]:
+        """Advance k steps in one call (one round trip for a sidecar): inputs and outputs (k, size) per port."""
+        ...
+
     def run(self, n_steps: int, inputs: dict[str, npt.NDArray[Any]] | None = None) -> Record:
         """Advance ``n_steps`` with inputs (port → (n_steps, size)), recording spikes, v and u."""
         ...

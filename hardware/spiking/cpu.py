@@ -313,6 +313,15 @@ class CpuBackend:
             np.not_equal(self.src[o:o + n], 0, out=self._out[name])
         return self._out
 
+    def step_many(self, inputs: dict[str, npt.NDArray[Any]] | None, k: int) -> dict[str, npt.NDArray[np.bool_]]:
+        """Advance k steps: inputs (k, size) per port → output spikes (k, size) per port (new arrays)."""
+        out = {name: np.zeros((k, len(a)), np.bool_) for name, a in self._out.items()}
+        for t in range(k):
+            got = self.step({n: a[t] for n, a in (inputs or {}).items()})
+            for name, a in got.items():
+                out[name][t] = a
+        return out
+
     def run(self, n_steps: int, inputs: dict[str, npt.NDArray[Any]] | None = None) -> Record:
         """``n_steps`` steps with inputs (port → (n_steps, size)); records spikes, v, u per population."""
         inputs = inputs or {}

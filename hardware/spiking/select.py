@@ -87,6 +87,36 @@ class FallbackBackend:
                                f"(port {n}); fixed-point backends must agree")
         return self._out
 
+    def step_many(self, inputs: dict[str, npt.NDArray[Any]] | None, k: int) -> dict[str, npt.NDArray[np.bool_]]:
+        """Advance k steps in one Lava round trip within ``deadline_s`` (the CPU shadow runs meanwhile)."""
+        self.steps += k
+        t0 = time.perf_counter()
+        sent = False
+        if self.lava is not None:
+            try:
+                self.lava.send_steps(inputs, k)
+                sent = True
+            except Exception as e:
+                self._fall_back(f"failed to take input ({e})")
+        shadow = self.cpu.step_many(inputs, k)
+        if self.lava is None or not sent:
+            return shadow
+        try:
+            got = self.lava.recv_steps(timeout_s=max(self.deadline_s - (time.perf_counter() - t0), 0.0))
+        except BackendDeadlineMissed:
+            self.misses += 1
+            self._fall_back(f"missed its {self.deadline_s * 1e3:.3g} ms deadline for {k} steps")
+            return shadow
+        except (BackendUnavailable, RuntimeError) as e:
+            self._fall_back(f"failed ({e})")
+            return shadow
+        if self.net.mode is Mode.FIXED and any(not np.array_equal(got[n], shadow[n]) for n in shadow):
+            self.divergences += 1
+            if self.divergences == 1:
+                self.alarm(f"spiking backend: Lava and CPU spikes diverge by step {self.steps}; "
+                           "fixed-point backends must agree")
+        return got
+
     def run(self, n_steps: int, inputs: dict[str, npt.NDArray[Any]] | None = None) -> Record:
         """Batch run on the CPU backend (continuing the shadow's state, so both stay in step)."""
         if self.lava is not None:
