@@ -247,3 +247,25 @@ def test_rig_written_from_the_wire_doc_gets_light_commands(tmp_path: Path) -> No
         st = r.status()
         assert st["latency_us"]["e2e"]["n"] >= 1  # the rig's ack closed the loop measurement
         assert st["errors"] == 0
+
+
+def test_a_decision_past_its_deadline_is_dropped_never_sent_late(tmp_path: Path) -> None:
+    # a 1 µs budget cannot be met by any real loop: every light decision must be dropped and counted
+    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, "--deadline-ms", "0.001",
+              name="late") as r:
+        r.wait_ready()
+        res = subprocess.run([sys.executable, str(REPO / "tests" / "thirdparty_rig.py"), ingest, command,
+                              "--trials", "6"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert not [c for c in out["commands"] if c["action"] == 1]  # no light command ever reached the rig
+        time.sleep(1.5)
+        st = r.status()
+        assert st["counters"]["late_decisions"] >= 1  # the scheduler did decide, and the decision was dropped
+        assert r.cli("stop", "--name", "late").returncode == 0
+    from rig.session import Session
+
+    trials = Session.open(r.session_dir()).trials()
+    late = [t for t in trials if t["late_decisions"]]
+    assert late and all(t["light"] is None for t in late)
