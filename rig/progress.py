@@ -52,6 +52,23 @@ def _fmt_us(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.0f} µs"
 
 
+def _decoder_line(d: dict[str, Any]) -> str:
+    name = d.get("decoder") or "?"
+    if not d.get("ready"):
+        pool = d.get("pool_trials")
+        return f"{name}: calibrating" + (f" ({pool} control trials pooled)" if pool is not None else "")
+    acc = d.get("online_accuracy")
+    fit = d.get("fit_accuracy")
+    parts = [f"{name}: fitted {d.get('n_fits', 0)}×"]
+    if fit is not None:
+        parts.append(f"cv acc {fit:.2f}")
+    if acc is not None:
+        parts.append(f"online acc {acc:.2f}")
+    if d.get("age_trials") is not None:
+        parts.append(f"age {d['age_trials']} trials")
+    return ", ".join(parts)
+
+
 def render(status: dict[str, Any]) -> Group:
     """The live view of one status dict (also used for the final summary)."""
     t = Table(title=None, expand=False)
@@ -77,7 +94,7 @@ def render(status: dict[str, Any]) -> Group:
     tail = Text.assemble(
         f"drops {drops}   input errors {status.get('errors', 0)}   ",
         (f"alarms {alarms}", "bold red" if alarms else ""),
-        f"   decoder {status.get('decoder', {}).get('state', status.get('decoder', {}).get('ready', ''))}",
+        f"   decoder {_decoder_line(status.get('decoder', {}))}",
     )
     last = [Text(f"  ⚠ {a.get('source', '')}: {a.get('message', '')}", style="red")
             for a in status.get("last_alarms", [])[-3:]]
