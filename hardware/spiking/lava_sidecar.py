@@ -144,6 +144,10 @@ def build(doc: dict, arrays: list[dict], io: str, buffer_size: int = 64,
         sizes[ip["name"]] = ip["size"]
         graded[ip["name"]] = ip["graded"]
         if io == "stream":
+            if fixed and ip["graded"]:
+                raise RuntimeError(f"graded input {ip['name']!r} in fixed point: Lava 0.10's Injector "
+                                   "emits floats, which the bit-accurate Dense cannot shift; stream "
+                                   "with --fused, or run batches (RingBuffer sources are int32)")
             inj = Injector(shape=(ip["size"],), buffer_size=buffer_size)
             b.injectors[ip["name"]] = inj
             b.sources[ip["name"]] = inj.out_port
