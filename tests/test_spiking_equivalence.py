@@ -48,7 +48,8 @@ def random_network(seed: int, mode: Mode = Mode.FIXED) -> Network:
             pops.append(Population(name=f"p{k}", size=n, du=float(rng.random()), dv=float(rng.random() * 0.3),
                                    vth=float(rng.uniform(1, 50)), bias_mant=rng.uniform(-2, 6, n).tolist(),
                                    refractory_period=int(rng.integers(0, 4))))
-    ins = [InputPort(name=f"in{k}", size=int(rng.integers(1, 7))) for k in range(int(rng.integers(0, 3)))]
+    ins = [InputPort(name=f"in{k}", size=int(rng.integers(1, 7)), graded=bool(rng.random() < 0.3))
+           for k in range(int(rng.integers(0, 3)))]
     sizes = {p.name: p.size for p in pops} | {i.name: i.size for i in ins}
     conns = []
     for k in range(int(rng.integers(1, 5))):
@@ -73,8 +74,11 @@ def random_network(seed: int, mode: Mode = Mode.FIXED) -> Network:
 
 
 def random_inputs(net: Network, n_steps: int, seed: int) -> dict[str, np.ndarray]:
+    # binary spikes, or for graded ports integer payloads 0…20 (Lava's num_message_bits > 0)
     rng = np.random.default_rng(seed + 1)
-    return {i.name: (rng.random((n_steps, i.size)) < rng.uniform(0.05, 0.6)).astype(np.int64) for i in net.inputs}
+    return {i.name: (rng.integers(0, 21, (n_steps, i.size)) * (rng.random((n_steps, i.size)) < 0.5)
+                     if i.graded else (rng.random((n_steps, i.size)) < rng.uniform(0.05, 0.6)).astype(np.int64))
+            for i in net.inputs}
 
 
 @pytest.fixture(scope="module")

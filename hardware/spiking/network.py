@@ -224,7 +224,6 @@ class Network(BaseModel):
             raise ValueError(f"populations and input ports need distinct names; duplicated: {sorted(dup)}")
         pops = {p.name: p for p in self.populations}
         sizes = {**{p.name: p.size for p in self.populations}, **{i.name: i.size for i in self.inputs}}
-        graded = {i.name for i in self.inputs if i.graded}
         out_names = [o.name for o in self.outputs]
         if len(set(out_names)) != len(out_names):
             raise ValueError(f"output port names must be distinct, got {out_names}")
@@ -258,8 +257,6 @@ class Network(BaseModel):
             elif c.weight_exp != 0:
                 raise ValueError(f"connection {c.name!r}: weight_exp={c.weight_exp} has no effect in "
                                  "float mode (Lava's floating_pt Dense ignores it); scale the weights")
-            if c.source in graded and c.max_delay > 0:
-                raise ValueError(f"connection {c.name!r}: delays on graded inputs are not supported")
         return self
 
     # ----- lookups -------------------------------------------------------------------------
