@@ -200,9 +200,12 @@ class HotLoop:
                     self._all_off_requested = False
                     self._all_off("session ending", now)
                 if now >= next_hb:
-                    self._heartbeat(now)
-                    self._housekeeping(now)
                     next_hb = now + HEARTBEAT_PERIOD_NS
+                    try:
+                        self._heartbeat(now)
+                        self._housekeeping(now)
+                    except Exception as exc:
+                        self._internal_error(exc)
                 if not poller.poll(10):
                     continue
                 while True:
@@ -210,7 +213,10 @@ class HotLoop:
                         frames = sub.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._on_message(frames, time.monotonic_ns())
+                    try:
+                        self._on_message(frames, time.monotonic_ns())
+                    except Exception as exc:  # a bug or a resource error must never stop the loop
+                        self._internal_error(exc)
                     if time.monotonic_ns() >= next_hb:
                         break
         finally:
@@ -218,6 +224,13 @@ class HotLoop:
             self._flush_decoder_outputs()
             self.sub.close()
             self.pub.close()
+
+    def _internal_error(self, exc: Exception) -> None:
+        self.counters.error("loop", "internal", f"{type(exc).__name__}: {exc}")
+        n = self.counters.values["errors.loop.internal"]
+        if n <= 5 or n % 1000 == 0:  # alarm, but do not flood
+            self._alarm({"source": "rigd", "message": f"internal error #{n} while processing a message: "
+                         f"{type(exc).__name__}: {exc}"})
 
     def _all_off(self, reason: str, now: int) -> None:
         for p in self.pipelines.values():
@@ -411,7 +424,7 @@ class HotLoop:
     def _new_decoder(self, rig_id: int, desc: dict[str, Any]) -> OnlineDecoder | None:
         try:
             dec = self.parts.decoder(desc)
-        except (ValueError, TypeError, KeyError, OSError) as exc:
+        except Exception as exc:  # e.g. MemoryError for an absurd unit count: run without a decoder
             self._alarm({"source": "decoder", "severity": "error", "rig_id": rig_id,
                          "message": f"cannot build a decoder for rig {rig_id} ({desc}): {exc}"})
             return None

@@ -50,6 +50,7 @@ from rig.telemetry import LoopTelemetry
 
 #: the protocol `rigd start` runs when none is given (science.md §7.1)
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "protocols" / "chen2021_early_delay.toml"
+POOL_BUDGET_BYTES = 512 * 1024 * 1024  #: memory for the decoder's calibration pool
 PACKAGES = ("rigd", "numpy", "numba", "pyzmq", "aiomqtt", "amqtt", "pydantic", "pynwb", "torch")
 
 
@@ -108,8 +109,14 @@ class Service:
         n_left = int(desc.get("units_left", n // 2))
         hemisphere = np.where(np.arange(n) < n_left, LEFT, RIGHT).astype(np.int8)
         cls = decoder_registry[self.cfg.decoder]
-        online = OnlineDecoder(cls, n_units=n, hemisphere=hemisphere,
-                             bin_s=float(desc.get("bin_s", self.cfg.bin_ms * 1e-3)),
+        frame_s = float(desc.get("bin_s", self.cfg.bin_ms * 1e-3))
+        # calibration trials are pooled at a coarser bin so the pool fits in memory at any unit count
+        fit_bin_s = 0.01 if n <= 2_000 else 0.05 if n <= 20_000 else 0.1
+        fit_bin_s = max(fit_bin_s, frame_s)
+        per_trial = round(3.5 / fit_bin_s) * n * 2  # bytes of one pooled trial (uint16 counts)
+        window = max(self.cfg.n_fit_trials, min(120, POOL_BUDGET_BYTES // per_trial))
+        online = OnlineDecoder(cls, n_units=n, fit_bin_s=fit_bin_s, window_trials=window, hemisphere=hemisphere,
+                             bin_s=frame_s,
                              n_fit_trials=self.cfg.n_fit_trials, mode=self.cfg.decoder_mode,
                              inline_fit=False, exclude_units=tuple(int(u) for u in desc.get("fs_units", [])),
                              provenance={"session": self.directory.name,
@@ -255,6 +262,9 @@ class Service:
         while True:
             await asyncio.sleep(1.0)
             self.flush_telemetry()
+            if self.state == "running" and self.hot.thread is not None and not self.hot.thread.is_alive():
+                self._alarm({"source": "rigd", "severity": "error", "message": "the hot loop stopped unexpectedly"})
+                self.request_stop("hot loop stopped unexpectedly")
             n += 1
             if n % 5 == 0:
                 await asyncio.to_thread(self.write_manifest)
