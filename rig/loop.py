@@ -454,12 +454,12 @@ class HotLoop:
                     cause_t_send_ns=h.t_send_ns, deadline_rig_ns=h.t_rig_ns + self.deadline_ns)
                 if not decision.approved and book is not None:
                     book.refused.append(decision.reason)
+        row = self._record_estimate(h, est)
         if self.publish_estimates:
-            self._publish_estimate(h, est)
+            self._publish_estimate(h, row)
         if req is not None or self.publish_estimates:
             t_sent = time.monotonic_ns()
         self.telemetry.record(h.seq, t_recv, t_parsed, t_decoded, t_controlled, t_sent)
-        self._record_estimate(h, est)
         if state.epoch == Epoch.DELAY and -0.35 < state.t_s <= 0.0:
             book = pl.books.get(state.trial)
             if book is not None:
@@ -467,23 +467,20 @@ class HotLoop:
         pl.frames += 1
         self.frames += 1
 
-    def _publish_estimate(self, h: wire.Header, est: Estimate) -> None:
+    def _publish_estimate(self, h: wire.Header, row: np.ndarray[Any, Any]) -> None:
+        """Send the frame's recorded estimate row back to its rig, with the frame's send time."""
         o = self._est_out
-        o[0] = h.seq
-        o[1] = h.t_rig_ns
+        o[:2] = row[:2]
         o[2] = h.t_send_ns
-        o[3] = est.t_s
-        o[4] = est.value
-        o[5] = est.confidence
-        o[6] = est.left
-        o[7] = est.right
+        o[3:] = row[2:]
         hdr = wire.pack_header(wire.Kind.DECODER_OUTPUT, wire.DType.F64, (8,), rig_id=h.rig_id, stream_id=4,
                                seq=self._est_seq, t_rig_ns=h.t_rig_ns, t_send_ns=time.monotonic_ns())
         self._est_seq += 1
         self.pub.send_multipart([hdr, o])
 
-    def _record_estimate(self, h: wire.Header, est: Estimate) -> None:
-        r = self._dec_buf[self._dec_n]
+    def _record_estimate(self, h: wire.Header, est: Estimate) -> np.ndarray[Any, Any]:
+        """Write the frame's estimate into the recording buffer; returns the row written."""
+        r: np.ndarray[Any, Any] = self._dec_buf[self._dec_n]
         r[0] = h.seq
         r[1] = h.t_rig_ns
         r[2] = est.t_s
@@ -493,7 +490,8 @@ class HotLoop:
         r[6] = est.right
         self._dec_n += 1
         if self._dec_n == DECODER_CHUNK:
-            self._flush_decoder_outputs()
+            self._flush_decoder_outputs()  # copies the buffer: the returned row stays valid
+        return r
 
     def _flush_decoder_outputs(self) -> None:
         if self._dec_n:
