@@ -4,8 +4,9 @@ This module owns three :class:`~controllers.base.Controller` policies:
 
 * :class:`StateTriggered` — the state-triggered experiment of §7.3: average the *unperturbed*
   hemisphere's CD projection (``Estimate.left``/``right``, already p − db) in the causal window
-  ending at light onset, label the trial weak/strong against the running median of |CD − db| over
-  recent control trials of the same instructed type, then photoinhibit the other hemisphere on a
+  ending at light onset, label the trial weak/strong against the running median of the state
+  value over recent control trials of the same instructed type (default: the projection aligned to
+  the instructed side, (CD − db)·y, §5.F; or |CD − db| as §7.3 words it), then photoinhibit the other hemisphere on a
   random 50 % of trials *within each state* (permuted pairs per state: stratified randomisation).
 * :class:`ThresholdTrigger` — "inhibit the left hemisphere when decoded choice confidence crosses θ
   during the delay", armed on a random fraction of trials, at most once per trial.
@@ -74,6 +75,12 @@ class StateTriggered:
             controls); with 50 % light within each state the perturbed fraction is half of it.
         light_fraction: fraction of eligible trials photoinhibited within each state (0.5).
         median_trials: how many recent control trials of each instructed type form the median.
+        state_measure: what is compared with the running median. "signed" (default): the
+            projection aligned to the instructed side, s = (CD − db)·y (science.md §5.F, the
+            convention of the gating ratio): a weak state is one that predicts a worse outcome,
+            wrong-side states included. "abs": |CD − db| as written in §7.3 — wrong-side
+            commitments then count as *strong*, so an unlit "strong" trial can be an error-prone
+            one and weak/strong need not predict performance.
         min_history: control trials of a type needed before its trials can be labelled.
         light: light settings; ``light.duration_s`` includes the ramp.
         seed: random seed.
@@ -83,8 +90,9 @@ class StateTriggered:
     def __init__(self, *, perturb: Literal["left", "right", "alternate"] = "left", onset_s: float = -1.7,
                  read_window_s: float = 0.4, eligible_fraction: float = 0.5, light_fraction: float = 0.5,
                  median_trials: int = 40, min_history: int = 10, light: LightSettings | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, state_measure: Literal["signed", "abs"] = "signed") -> None:
         self.perturb = perturb
+        self.state_measure = state_measure
         self.onset_s = onset_s
         self.read_from_s = onset_s - read_window_s
         self.eligible_fraction = eligible_fraction
@@ -143,14 +151,18 @@ class StateTriggered:
         lg = self._log
         cd = self._sum / self._n if self._n else math.nan
         med = self._median.get(state.instructed, math.nan)
+        y = state.instructed
+        s = (cd * y if y in (1, -1) else math.nan) if self.state_measure == "signed" else abs(cd)
         lg["cd_abs"] = None if math.isnan(cd) else abs(cd)
         lg["cd"] = None if math.isnan(cd) else cd
+        lg["state_value"] = None if math.isnan(s) else s
+        lg["state_measure"] = self.state_measure
         lg["median"] = None if math.isnan(med) else med
         lg["n_read_frames"] = self._n
-        if math.isnan(cd) or math.isnan(med) or state.early_lick or state.epoch >= Epoch.OUTCOME:
+        if math.isnan(s) or math.isnan(med) or state.early_lick or state.epoch >= Epoch.OUTCOME:
             lg["state"] = "unknown"
             return None
-        label = "weak" if abs(cd) < med else "strong"
+        label = "weak" if s < med else "strong"
         lg["state"] = label
         if not self._eligible:
             return None
@@ -165,22 +177,22 @@ class StateTriggered:
         end = self.onset_s + self.light.duration_s
         req = self.light.request(state.trial, self._target, f"state_{label}_{self._target}",
                                  {"policy": "state_triggered", "state": label, "cd_abs": abs(cd),
-                                  "median": med}, duration_s=end - t)
+                                  "state_value": s, "median": med}, duration_s=end - t)
         lg["light"] = True
         return req
 
     def on_trial_end(self, state: TrialState) -> dict[str, Any]:
-        """Log state and decision; feed control trials' |CD − db| into the running median."""
+        """Log state and decision; feed control trials' state value into the running median."""
         lg = dict(self._log) if self._log.get("trial") == state.trial else {
             "policy": "state_triggered", "trial": state.trial, "state": "unknown", "light": False}
         lg["early_lick"] = state.early_lick
         lg["outcome"] = state.outcome
         lg["instructed"] = state.instructed
-        cd_abs = lg.get("cd_abs")
-        if (not lg["light"] and not state.early_lick and isinstance(cd_abs, float)
+        sv = lg.get("state_value")
+        if (not lg["light"] and not state.early_lick and isinstance(sv, float)
                 and state.instructed in self._hist):
             h = self._hist[state.instructed]
-            h.append(float(cd_abs))
+            h.append(float(sv))
             if len(h) >= self.min_history:
                 self._median[state.instructed] = float(np.median(np.fromiter(h, float)))
         self._decided = True

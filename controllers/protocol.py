@@ -114,6 +114,8 @@ class StateTriggeredSpec(_Model):
     light_fraction: _Frac = 0.5
     median_trials: Annotated[int, Field(ge=3, le=1000)] = 40
     min_history: Annotated[int, Field(ge=1, le=1000)] = 10
+    #: "signed": (CD − db)·y, aligned to the instructed side (science.md §5.F); "abs": |CD − db| (§7.3 text)
+    state_measure: Literal["signed", "abs"] = "signed"
 
 
 class ThresholdSpec(_Model):
@@ -332,6 +334,12 @@ def _onset_from_go(anchor: str, onset_s: float, s: Session) -> float:
     return onset_s - s.expects_delay_s - s.sample_s
 
 
+def light_window_from_go(spec: ProtocolSpec) -> tuple[float, float]:
+    """The protocol's ``[window]`` as (onset, end) in seconds from the go cue (ramp included)."""
+    onset = _onset_from_go(spec.window.aligned_to, spec.window.onset_s, spec.session)
+    return onset, onset + spec.window.duration_s
+
+
 def _arms(spec: ProtocolSpec) -> list[_Arm]:
     s, lt, w = spec.session, spec.light, spec.window
     kind = spec.protocol.kind
@@ -515,7 +523,7 @@ def build_controller(protocol: Protocol | ProtocolSpec, seed: int | None = None)
         return StateTriggered(perturb=s.perturb, onset_s=onset, read_window_s=s.read_window_s,
                               eligible_fraction=s.eligible_fraction, light_fraction=s.light_fraction,
                               median_trials=s.median_trials, min_history=s.min_history, light=settings,
-                              seed=sd)
+                              seed=sd, state_measure=s.state_measure)
     if kind == "threshold":
         t = spec.threshold or ThresholdSpec()
         return ThresholdTrigger(hemisphere=t.hemisphere, threshold=t.threshold, direction=t.direction,

@@ -7,9 +7,13 @@ events feed the :class:`~controllers.trial_state.TrialTracker`, its counts feed 
 (closed-loop protocols), the protocol's controller decides, and every request goes through the real
 :class:`~hardware.interlock.LightInterlock` to a light source that calls ``mouse.apply_light``.
 It returns the expected trial counts per condition, the light dose per hemisphere, behavioural
-performance per condition with Wilson 95 % CIs, and, for the state-triggered protocol, the effect of
-light in weak vs strong states with a test of their difference. It opens no socket and reads no
-clock: the mouse's own rig clock drives everything.
+performance per condition with Wilson 95 % CIs, the modularity M of each hemisphere with a bootstrap
+CI (science.md §2.5/§5.F: the mean latent of the unperturbed hemisphere over the protocol's light
+window, read through :attr:`SimulatedMouse.latent`, on trials with the partner silenced vs control;
+all completed trials), and, for the state-triggered protocol, the effect of light in weak vs strong
+states with a test of their difference, next to the vectorised offline model's prediction for the
+same mouse and protocol (:func:`offline_state_prediction`). It opens no socket and reads no clock:
+the mouse's own rig clock drives everything.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any, Literal
 import numpy as np
 
 from controllers.base import Controller
-from controllers.protocol import Protocol, build_controller, load_protocol
+from controllers.policies import ModularityProbe, modularity_with_ci
+from controllers.protocol import Protocol, build_controller, light_window_from_go, load_protocol
 from controllers.trial_state import TrialTracker
 from decoders.base import Estimate
 from decoders.coding_direction import CodingDirection
@@ -64,6 +69,7 @@ class DryRunResult:
     state_effect: dict[str, Any] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
     estimator: str = "none"
+    modularity: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def report(self) -> str:
         """Markdown-ish summary (what ``rigd protocol check --dry-run`` prints)."""
@@ -76,6 +82,10 @@ class DryRunResult:
         lines.append("")
         lines.append(f"light dose: left {self.dose_j['left']:.4f} J, right {self.dose_j['right']:.4f} J; "
                      f"refusals {self.refusals or 'none'}; alarms {self.alarms}")
+        for h, m in sorted(self.modularity.items()):
+            lines.append(f"modularity M_{h[0].upper()} ({h} hemisphere, partner silenced / control, latent "
+                         f"over the light window): {m['m']:.3f} (95 % bootstrap CI {m['ci_low']:.3f}–"
+                         f"{m['ci_high']:.3f}; {int(m['n_light'])} light, {int(m['n_control'])} control trials)")
         if self.state_effect:
             se = self.state_effect
             lines.append(f"state-triggered: effect of light (control − light correct) weak "
@@ -124,8 +134,7 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
     """
     proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     kind = proto.spec.protocol.kind
-    cfg = config or MouseConfig(bin_s=0.005, model_dt_s=0.005, iti_s=(0.5, 1.0),
-                                delay_s=proto.spec.session.expects_delay_s)
+    cfg = config or default_config(proto)
     mouse = SimulatedMouse(cfg, seed)
     ctrl = controller or build_controller(proto)
     alarms: list[dict[str, Any]] = []
@@ -140,6 +149,9 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
     mode = estimator if estimator != "auto" else ("none" if kind == "block" else "decoder")
     dec = _make_decoder(mouse, cfg.bin_s) if mode == "decoder" else None
     logs: list[dict[str, Any]] = []
+    win0, win1 = light_window_from_go(proto.spec)
+    acc = [0.0, 0.0, 0]  # per trial: sums of x_L, x_R and bins inside the light window (§5.F: strict)
+    summaries: dict[int, tuple[float, float]] = {}
     seq = 0
     energy = {"left": 0.0, "right": 0.0}
     light_trials: set[int] = set()
@@ -152,6 +164,12 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
             t_ev = int(fields.get("t_rig_ns", now))
             if name == "trial_end":
                 st = tracker.state
+                if acc[2]:
+                    summaries[st.trial] = (acc[0] / acc[2], acc[1] / acc[2])
+                    if isinstance(ctrl, ModularityProbe):  # the probe reads the latent, not Estimate
+                        ctrl.add_trial_summary(st.trial, summaries[st.trial][0 if ctrl.read == "left" else 1])
+                acc[0] = acc[1] = 0.0
+                acc[2] = 0
                 logs.append(ctrl.on_trial_end(st))
                 if progress is not None:
                     progress(len(logs))
@@ -165,13 +183,19 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
                     dec.on_trial_start(int(fields["trial"]))
         st = tracker.on_frame(now)
         il.heartbeat(now)
+        t_tr = mouse.trial_time_s
+        x_l, x_r = mouse.latent
+        if win0 < t_tr < win1:
+            acc[0] += x_l
+            acc[1] += x_r
+            acc[2] += 1
         if dec is not None:
             if not math.isnan(st.t_s):
                 e = dec.step(out.counts, seq, st.t_s)
                 est.left, est.right, est.value, est.ready = e.left, e.right, e.value, e.ready
                 est.confidence = e.confidence
         elif mode == "latent":
-            est.left, est.right = float(mouse._x_l[0]), float(mouse._x_r[0])  # ideal decoder
+            est.left, est.right = x_l, x_r  # the ideal decoder: the simulator's latent
             est.value, est.ready = est.left + est.right, True
         req = ctrl.step(st, est, now)
         if req is not None:
@@ -182,12 +206,48 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
                 c = d.command
                 for h, mask in (("left", c.spots_left), ("right", c.spots_right)):
                     energy[h] += c.power_mw_per_spot * 1e-3 * bin(mask).count("1") * c.duration_s
-    return _summarise(proto, logs=logs, mouse=mouse, energy=energy, il=il, alarms=alarms, mode=mode)
+    return _summarise(proto, logs=logs, mouse=mouse, energy=energy, il=il, alarms=alarms, mode=mode,
+                      summaries=summaries)
+
+
+def default_config(proto: Protocol, **overrides: Any) -> MouseConfig:
+    """The dry-run mouse: μ = 0.6 unless overridden, 5-ms bins, short ITI and outcome timeouts.
+
+    Shorter inter-trial intervals, reward consumption and error timeouts change no statistic of the
+    §5.A/§5.D model (each trial starts from x = 0); they only make the rehearsal faster.
+    """
+    kw: dict[str, Any] = {"bin_s": 0.005, "model_dt_s": 0.005, "iti_s": (0.3, 0.5),
+                          "reward_consumption_s": 0.3, "error_timeout_s": 0.3,
+                          "delay_s": proto.spec.session.expects_delay_s}
+    kw.update(overrides)
+    return MouseConfig(**kw)
+
+
+def _modularity(rows: list[dict[str, Any]], summaries: dict[int, tuple[float, float]],
+                instructed: dict[int, int]) -> dict[str, dict[str, float]]:
+    """M of each hemisphere from the light-window latent of control vs partner-silenced trials."""
+    out: dict[str, dict[str, float]] = {}
+    for h, partner in (("left", "right"), ("right", "left")):
+        vals, ys, lit = [], [], []
+        for r in rows:
+            tr = r["trial"]
+            if r["outcome"] not in ("hit", "error") or tr not in summaries or r["light"] not in ("none", partner):
+                continue
+            vals.append(summaries[tr][0 if h == "left" else 1])
+            ys.append(instructed[tr])
+            lit.append(r["light"] == partner)
+        if sum(lit) < 4:
+            continue
+        e = modularity_with_ci(np.array(vals), np.array(ys), np.array(lit), n_boot=2000, seed=7)
+        if math.isfinite(e.m):
+            out[h] = {"m": e.m, "ci_low": e.ci_low, "ci_high": e.ci_high, "n_control": float(e.n_control),
+                      "n_light": float(e.n_light)}
+    return out
 
 
 def _summarise(proto: Protocol, *, logs: list[dict[str, Any]], mouse: SimulatedMouse,
                energy: dict[str, float], il: LightInterlock, alarms: list[dict[str, Any]],
-               mode: str) -> DryRunResult:
+               mode: str, summaries: dict[int, tuple[float, float]]) -> DryRunResult:
     by_trial = {t["trial"]: t for t in mouse.trials}
     counts: dict[str, int] = defaultdict(int)
     hits: dict[str, list[int]] = defaultdict(list)
@@ -198,7 +258,9 @@ def _summarise(proto: Protocol, *, logs: list[dict[str, Any]], mouse: SimulatedM
         t = by_trial.get(lg.get("trial", -1), {})
         outcome = t.get("outcome")
         row = {"trial": lg.get("trial"), "condition": cond, "outcome": outcome,
-               "light": t.get("light_condition", "none"), "state": lg.get("state")}
+               "light": t.get("light_condition", "none"), "state": lg.get("state"),
+               "instructed": _SIDE.get(str(t.get("instructed")), 0),
+               "window_latent": summaries.get(int(lg.get("trial", -1)))}
         rows.append(row)
         if outcome in ("hit", "error"):
             hits[cond].append(1 if outcome == "hit" else 0)
@@ -210,8 +272,25 @@ def _summarise(proto: Protocol, *, logs: list[dict[str, Any]], mouse: SimulatedM
     effect: dict[str, Any] = {}
     if proto.spec.protocol.kind == "state_triggered":
         effect = state_effect(hits)
+        if effect:
+            effect.update(_state_selectivity(rows, proto))
+    instructed = {int(r["trial"]): int(r["instructed"]) for r in rows if r["trial"] is not None}
+    modular = _modularity(rows, summaries, instructed)
     return DryRunResult(proto.name, len(logs), dict(counts), perf, energy, dict(il.refusals), len(alarms),
-                        effect, rows, mode)
+                        effect, rows, mode, modular)
+
+
+def _state_selectivity(rows: list[dict[str, Any]], proto: Protocol) -> dict[str, float]:
+    """Selectivity of the read hemisphere in the light window (mean latent·y) per state and light."""
+    st = proto.spec.state_triggered
+    read = 0 if st is not None and st.perturb == "right" else 1
+    out: dict[str, float] = {}
+    for s in ("weak", "strong"):
+        for lt in ("light", "no_light"):
+            v = [r["window_latent"][read] * r["instructed"] for r in rows
+                 if r["condition"] == f"{s}_{lt}" and r["outcome"] in ("hit", "error") and r["window_latent"]]
+            out[f"read_selectivity_{s}_{lt}"] = float(np.mean(v)) if v else math.nan
+    return out
 
 
 def state_effect(hits: dict[str, list[int]]) -> dict[str, Any]:
@@ -236,4 +315,48 @@ def state_effect(hits: dict[str, list[int]]) -> dict[str, Any]:
     se = math.sqrt(var["weak"] + var["strong"]) or math.inf
     z = diff / se
     out.update(difference=diff, se_difference=se, z=z, p_one_sided=0.5 * math.erfc(z / math.sqrt(2)))
+    return out
+
+
+def offline_state_prediction(protocol: Protocol | str | Path, config: MouseConfig, *, n_trials: int = 20_000,
+                             seed: int = 0) -> dict[str, float]:
+    """What the vectorised model (:mod:`sim.offline`) predicts for a state-triggered protocol.
+
+    ``n_trials`` trials run twice with common random numbers (no light; light on the protocol's
+    hemisphere in its window), so the trajectories before onset are identical and the state label
+    is the same in both. The state is the read hemisphere's latent averaged over the read window
+    (time bins ending in (onset − read_window_s, onset]), signed by the instructed side or absolute
+    (the protocol's ``state_measure``), split at the median per instructed side (the running
+    median's limit). Returns per-state correct fractions, effects (no light − light) and the
+    weak − strong difference with its standard error at ``n_trials`` (paired, so small).
+    """
+    from sim.offline import LightWindow, run_latent
+
+    proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
+    st = proto.spec.state_triggered
+    if st is None or st.perturb == "alternate":
+        raise ValueError("offline_state_prediction needs a state_triggered protocol with perturb left/right")
+    on, off = light_window_from_go(proto.spec)
+    lw = LightWindow(st.perturb, on, off, proto.spec.light.ramp_down_s, proto.spec.light.power_mw_per_spot)
+    ctl = run_latent(n_trials, seed, config=config)
+    lit = run_latent(n_trials, seed, config=config, light=lw)
+    t = ctl.t_s
+    x_read = ctl.x_right if st.perturb == "left" else ctl.x_left
+    v = x_read[:, (t > on - st.read_window_s + 1e-9) & (t <= on + 1e-9)].mean(axis=1).astype(np.float64)
+    y = ctl.instructed.astype(np.float64)
+    s = v * y if st.state_measure == "signed" else np.abs(v)
+    weak = np.zeros(n_trials, dtype=bool)
+    for side in (1.0, -1.0):
+        m = y == side
+        weak[m] = s[m] < np.median(s[m])
+    out: dict[str, float] = {"n": float(n_trials)}
+    d = ctl.correct.astype(np.float64) - lit.correct.astype(np.float64)  # paired per trial
+    for name, msk in (("weak", weak), ("strong", ~weak)):
+        out[f"correct_{name}_no_light"] = float(ctl.correct[msk].mean())
+        out[f"correct_{name}_light"] = float(lit.correct[msk].mean())
+        out[f"effect_{name}"] = float(d[msk].mean())
+    out["difference"] = out["effect_weak"] - out["effect_strong"]
+    out["se_difference"] = math.sqrt(float(d[weak].var()) / weak.sum() + float(d[~weak].var()) / (~weak).sum())
+    out["correct_control"] = ctl.accuracy
+    out["correct_light"] = lit.accuracy
     return out

@@ -146,12 +146,28 @@ class SimulatedMouse:
         """Number of units (left hemisphere first)."""
         return self.units.n
 
+    @property
+    def latent(self) -> tuple[float, float]:
+        """The current latent choice coordinates (x_L, x_R) of §5.A (x > 0 ≙ lick-right state).
+
+        Read-only view for rehearsals and analyses (the "ideal decoder" of a dry run, per-trial
+        light-window summaries for the modularity probe); reading it draws no random numbers.
+        """
+        return float(self._x_l[0]), float(self._x_r[0])
+
+    @property
+    def trial_time_s(self) -> float:
+        """Time of the latent model from the current trial's go cue (NaN between trials)."""
+        if self.phase == Phase.ITI:
+            return math.nan
+        return (self.t_rig_ns - self._t_go_ns) / _NS
+
     def step(self) -> BinOutput:
         """Advance one bin; return its counts and the events that happened in it."""
         t0 = self.t_rig_ns
         if self._bin % self._bins_per_step == 0:
             self._model_update(t0)
-        counts = self._sampler.draw()
+        counts = self._draw_counts()
         t1 = t0 + self.bin_ns
         self.t_rig_ns = t1
         self._bin += 1
@@ -370,16 +386,27 @@ class SimulatedMouse:
         if eff is not None:
             eps_l = float(eff.hemisphere[0] * self._lvl_del[0])
             eps_r = float(eff.hemisphere[1] * self._lvl_del[1])
-        if not start:
-            noise = self._rng.standard_normal(2)
-            alm.step(self._p, self._x_l, self._x_r, t_s, evidence=self._evidence, eps_left=eps_l,
-                     eps_right=eps_r, noise_left=noise[0:1], noise_right=noise[1:2])
+        self._advance_latent(t_s, eps_l, eps_r, start=start)
         k = (t - self._t_trial_ns) // self.step_ns
         if self.phase == Phase.TRIAL and self._k_go - self._n_ro <= k < self._k_go:
             self._acc[0] += self._x_l[0]
             self._acc[1] += self._x_r[0]
             self._acc_eps[0] += eps_l
             self._acc_eps[1] += eps_r
+        self._set_rates(t_s, in_trial)
+
+    # -- model hooks (sim.spiking_mouse overrides these three) ----------------------------------
+
+    def _advance_latent(self, t_s: float, eps_l: float, eps_r: float, *, start: bool) -> None:
+        """Advance the latent state (x_L, x_R) by one model step (not on the initial call)."""
+        if not start:
+            noise = self._rng.standard_normal(2)
+            alm.step(self._p, self._x_l, self._x_r, t_s, evidence=self._evidence, eps_left=eps_l,
+                     eps_right=eps_r, noise_left=noise[0:1], noise_right=noise[1:2])
+
+    def _set_rates(self, t_s: float, in_trial: bool) -> None:
+        """Set the Poisson layer's means for the bins of this model step (§5.C)."""
+        eff = self._eff
         mult = self._rates.light_multiplier(None if eff is None else eff.unit, self._lvl_del,
                                             self._lvl_now, self._rebound)
         stim = self._y if in_trial and alm.in_sample(self._p, t_s) else None
@@ -388,3 +415,7 @@ class SimulatedMouse:
                           log_gain=self._log_gain if in_trial else None, multiplier=mult)
         np.multiply(self._rate_buf[0], self.config.bin_s, out=self._means)
         self._sampler.set_means(self._means)
+
+    def _draw_counts(self) -> npt.NDArray[np.uint8]:
+        """Spike counts of the current bin."""
+        return self._sampler.draw()

@@ -69,6 +69,23 @@ def test_state_triggered_labels_against_running_median_and_stratifies_light() ->
     assert abs(len(reqs) / 800 - 0.25) < 0.06
 
 
+def test_state_triggered_signed_state_calls_wrong_side_commitment_weak() -> None:
+    # every 4th trial the read hemisphere sits deep on the WRONG side (|CD − db| = 2, large): the
+    # signed state (CD − db)·y of science.md §5.F labels it weak (it predicts an error); the
+    # literal |CD − db| of §7.3 calls it strong.
+    def fill(est: Estimate, st: TrialState, k: int) -> None:
+        y = 1 if st.instructed > 0 else -1
+        est.right = (-2.0 if k % 4 == 3 else 0.5 + 0.01 * (k % 7)) * y
+
+    for measure, expect in (("signed", "weak"), ("abs", "strong")):
+        pol = StateTriggered(perturb="left", onset_s=-1.2, eligible_fraction=0.0, min_history=5,
+                             state_measure=measure, seed=2)
+        logs, reqs = drive(pol, 60, fill)
+        wrong = [lg for lg in logs[20:] if lg["trial"] % 4 == 3]
+        assert wrong and all(lg["state"] == expect for lg in wrong)
+        assert all(lg["state_measure"] == measure for lg in logs[20:]) and not reqs
+
+
 def test_state_triggered_warm_up_gives_no_light_until_median_is_known() -> None:
     pol = StateTriggered(min_history=10, eligible_fraction=1.0, seed=1)
 
