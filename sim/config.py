@@ -25,7 +25,10 @@ class MouseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # -- bilateral ALM, reduced model (science.md §5.A, [D, sim]) -----------------------------
-    model: Literal["reduced", "rnn"] = "reduced"
+    #: "reduced": the latent model of §5.A + the Poisson layer of §5.C; "spiking": ALM activity and
+    #: choice from the spiking bilateral network of sim/spiking_alm.py (docs/spiking.md)
+    model: Literal["reduced", "spiking", "rnn"] = "reduced"
+    backend: Literal["cpu", "lava"] = "cpu"  #: spiking model only: numba CPU or the Lava sidecar
     mu_left: float = Field(default=0.6, ge=0.0, le=1.0, description="modularity μ_L: w = μW, J = (1-μ)W")
     mu_right: float = Field(default=0.6, ge=0.0, le=1.0, description="modularity μ_R")
     callosotomy: bool = False  #: J_h = 0 (Li 2016 ED Fig. 10 callosotomy)
@@ -121,6 +124,18 @@ class MouseConfig(BaseModel):
         if self.model == "rnn":
             raise ValueError("model='rnn' (science.md §5.B) is not available in this build; "
                              "use model='reduced'")
+        return self
+
+    @model_validator(mode="after")
+    def _spiking(self) -> MouseConfig:
+        if self.model == "spiking":
+            if abs(self.bin_s - 0.001) > 1e-9:
+                raise ValueError(f"model='spiking' steps its network per 1-ms bin: bin_s must be 0.001, "
+                                 f"got {self.bin_s}")
+            n = self.units_per_hemisphere
+            if n < 4 or n % 2:
+                raise ValueError(f"model='spiking' splits each hemisphere into two choice pools: "
+                                 f"units_per_hemisphere must be even and >= 4, got {n}")
         return self
 
     # -- derived quantities ----------------------------------------------------------------------
