@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ DECODER_FIELDS = ("seq", "t_rig_ns", "t_s", "value", "confidence", "left", "righ
 KNOWN_EVENTS = frozenset({"trial_start", "sample_on", "delay_on", "go_cue", "lick", "early_lick",
                           "outcome", "trial_end"})
 _SIDE = {"left": -1, "right": 1}
+_EST_FIELDS = struct.Struct("<IIQqq")  #: rig_id, stream_id, seq, t_rig_ns, t_send_ns at header offset 20
 AlarmFn = Callable[[dict[str, Any]], None]
 
 
@@ -157,6 +159,8 @@ class HotLoop:
         self._hb_seq = 0
         self._est_seq = 0
         self._est_out = np.zeros(8, dtype=np.float64)
+        self._est_header = bytearray(wire.pack_header(wire.Kind.DECODER_OUTPUT, wire.DType.F64, (8,), rig_id=0,
+                                                      stream_id=4, seq=0, t_rig_ns=0, t_send_ns=0))
         self._no_estimate = Estimate()
         self._dec_buf = np.zeros((DECODER_CHUNK, len(DECODER_FIELDS)), dtype=np.float64)
         self._dec_n = 0
@@ -306,7 +310,8 @@ class HotLoop:
         pbuf = frames[1].buffer
         try:
             h = wire.unpack_header(hbuf)
-            wire.check_payload(h, pbuf)
+            if len(pbuf) != h.payload_nbytes:
+                wire.check_payload(h, pbuf)  # raises with the details
         except wire.WireError as exc:
             self.counters.error("ingest", exc.reason, str(exc))
             return
@@ -473,8 +478,8 @@ class HotLoop:
         o[:2] = row[:2]
         o[2] = h.t_send_ns
         o[3:] = row[2:]
-        hdr = wire.pack_header(wire.Kind.DECODER_OUTPUT, wire.DType.F64, (8,), rig_id=h.rig_id, stream_id=4,
-                               seq=self._est_seq, t_rig_ns=h.t_rig_ns, t_send_ns=time.monotonic_ns())
+        hdr = self._est_header  # preallocated: only rig, seq and times change per frame
+        _EST_FIELDS.pack_into(hdr, 20, h.rig_id, 4, self._est_seq, h.t_rig_ns, time.monotonic_ns())
         self._est_seq += 1
         self.pub.send_multipart([hdr, o])
 
