@@ -263,7 +263,8 @@ def export_nwb(
     from rig.nwb_export import export_session
 
     try:
-        path = export_session(session, output)
+        with console.status(f"exporting {session} to NWB…"):
+            path = export_session(session, output)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc), code=1)
         return
