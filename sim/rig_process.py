@@ -9,11 +9,21 @@ its own timing slip), obeys light commands and acknowledges them, and runs the r
 except the wire types. It stops after ``--trials``/``--duration`` or on SIGTERM/SIGINT, sends a
 final heartbeat with ``"state": "stopped"``, closes its sockets and prints one JSON summary line.
 
+With ``--model spiking`` the mouse is a :class:`~sim.spiking_mouse.SpikingMouse` (ALM spikes and
+choice from the spiking network on ``--backend cpu|lava``). Such a world may compute slower than
+real time (Lava: ~2–3 ms per 1-ms step here), so it runs on its **own rig clock**: each bin goes
+out at max(its wall deadline, when its computation finished), a late bin shifts the clock back
+instead of dropping steps, rig timestamps stay on the mouse's clock (1 ms per network step), and
+the heartbeats and the summary say so (``model``, ``backend``, ``backend_active``,
+``slowdown`` = wall time / rig time since start, ``slowdown_recent`` over the last heartbeat
+period, and ``backend_alarm`` if Lava could not start or fell back to the CPU backend).
+
 Usage::
 
     python -m sim.rig_process --ingest tcp://127.0.0.1:5555 --command tcp://127.0.0.1:5556 \\
         --rig-id 1 --seed 7 [--trials N] [--duration S] [--mu-left 0.6] [--mu-right 0.6] \\
-        [--units-per-hemisphere 40] [--day 0] [--bin-ms 1] [--config mouse.json] [--no-pace]
+        [--units-per-hemisphere 40] [--day 0] [--bin-ms 1] [--config mouse.json] [--no-pace] \\
+        [--model reduced|spiking] [--backend cpu|lava]
 """
 
 from __future__ import annotations
@@ -84,6 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--bin-ms", type=float, default=None)
     ap.add_argument("--iti-s", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
     ap.add_argument("--config", default=None, help="JSON file of MouseConfig fields")
+    ap.add_argument("--model", choices=("reduced", "spiking"), default=None,
+                    help="ALM model: the reduced latent model (default) or the spiking network")
+    ap.add_argument("--backend", choices=("cpu", "lava"), default=None,
+                    help="spiking model's backend: numba CPU (default) or the Lava sidecar")
     ap.add_argument("--no-pace", action="store_true", help="run as fast as possible (no wall pacing)")
     ap.add_argument("--spin-us", type=float, default=200.0, help="busy-wait this long before a deadline")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
@@ -98,7 +112,8 @@ def build_config(a: argparse.Namespace) -> MouseConfig:
     over: dict[str, Any] = {"mu_left": a.mu_left, "mu_right": a.mu_right,
                             "units_per_hemisphere": a.units_per_hemisphere, "day": a.day,
                             "bin_s": None if a.bin_ms is None else a.bin_ms / 1000.0,
-                            "iti_s": None if a.iti_s is None else tuple(a.iti_s), "seed": a.seed}
+                            "iti_s": None if a.iti_s is None else tuple(a.iti_s), "seed": a.seed,
+                            "model": a.model, "backend": a.backend}
     if a.config:
         return MouseConfig.from_json_file(a.config, **over)
     return MouseConfig(**{k: v for k, v in over.items() if v is not None})
@@ -115,8 +130,14 @@ class RigProcess:
 
     def __init__(self, mouse: SimulatedMouse, client: RigClient, *, pace: bool = True,
                  spin_ns: int = 200_000, max_trials: int | None = None,
-                 max_duration_s: float | None = None) -> None:
+                 max_duration_s: float | None = None, own_clock: bool = False) -> None:
         self.mouse = mouse
+        #: run on the mouse's own clock: a bin computed after its wall deadline delays the clock
+        #: (``lag_ns``) instead of being dropped; heartbeats then report the slowdown
+        self.own_clock = own_clock
+        self.lag_ns = 0
+        self._hb_wall_ns = 0
+        self._hb_rig_ns = 0
         self.client = client
         self.pace = pace
         self.spin_ns = spin_ns
@@ -138,7 +159,27 @@ class RigProcess:
         """Now on the mouse's clock: wall time when paced, the mouse's own time otherwise."""
         if not self.pace:
             return self.mouse.t_rig_ns
-        return max(self.mouse.t_rig_ns, time.monotonic_ns() - self.t0)
+        return max(self.mouse.t_rig_ns, time.monotonic_ns() - self.t0 - self.lag_ns)
+
+    def slowdown(self) -> float:
+        """Wall time / rig time since the start (> 1: the simulated world runs slower than real time)."""
+        rig = self.mouse.t_rig_ns
+        return (time.monotonic_ns() - self.t0) / rig if rig > 0 else 1.0
+
+    def _clock_status(self) -> dict[str, Any]:
+        """The own-clock fields of a heartbeat (and the mouse's own status, e.g. its backend)."""
+        if not self.own_clock:
+            return {}
+        now, rig = time.monotonic_ns(), self.mouse.t_rig_ns
+        d_rig = rig - self._hb_rig_ns
+        recent = (now - self._hb_wall_ns) / d_rig if d_rig > 0 else self.slowdown()
+        self._hb_wall_ns, self._hb_rig_ns = now, rig
+        st: dict[str, Any] = {"clock": "own", "slowdown": round(self.slowdown(), 4),
+                              "slowdown_recent": round(recent, 4), "clock_lag_s": self.lag_ns / _NS}
+        status = getattr(self.mouse, "status", None)
+        if callable(status):
+            st.update(status())
+        return st
 
     def _wait_until(self, deadline_ns: int) -> int:
         """Sleep until ``deadline_ns`` (monotonic), spinning the last ``spin_ns``; return now."""
@@ -157,7 +198,7 @@ class RigProcess:
                               slip_p99_ms=self.slip.percentile_ms(99),
                               slip_max_ms=self.slip.max_ns / 1e6, bins=self.bins,
                               trial=m.trial, trials_done=self.trials_done, light_on=m.light_on(),
-                              watchdog_trips=m.watchdog_trips)
+                              watchdog_trips=m.watchdog_trips, **self._clock_status())
 
     def _ack(self, cmd: wire.LightCommandFields, status: wire.AckStatus, t_recv: int,
              t_change: int) -> None:
@@ -181,16 +222,24 @@ class RigProcess:
         m, client = self.mouse, self.client
         client.connect()
         self.t0 = time.monotonic_ns()
+        self._hb_wall_ns = self.t0
         m.note_rigd_heartbeat(0)
         next_hb = 0
         hb_ns = round(HEARTBEAT_PERIOD_S * _NS)
+        next_hb_wall = self.t0 + hb_ns
         wall_start = time.monotonic()
         cpu_start = time.process_time()
         while not self.stop_requested:
             out = m.step()
             if self.pace:
-                now = self._wait_until(self.t0 + out.t_rig_ns)
-                self.slip.add(now - (self.t0 + out.t_rig_ns))
+                due = self.t0 + self.lag_ns + out.t_rig_ns
+                now = time.monotonic_ns()
+                if self.own_clock and now > due:
+                    # computed after its wall deadline: the mouse's clock waits for its model
+                    self.lag_ns += now - due
+                else:
+                    now = self._wait_until(due)
+                self.slip.add(now - due)
             client.send_counts(out.counts, t_rig_ns=self.t0 + out.t_rig_ns)
             self.bins += 1
             for name, fields in out.events:
@@ -209,9 +258,11 @@ class RigProcess:
             off = m.watchdog(t_now)
             if off is not None:
                 self._ack(off, wire.AckStatus.WATCHDOG_OFF, t_now, t_now)
-            if out.t_rig_ns >= next_hb:
+            if out.t_rig_ns >= next_hb or (self.own_clock and time.monotonic_ns() >= next_hb_wall):
+                # a slowed world still heartbeats ≥ 4 Hz in wall time (docs/CONTRACTS.md's floor)
                 self._heartbeat("running")
                 next_hb = out.t_rig_ns + hb_ns
+                next_hb_wall = time.monotonic_ns() + hb_ns
             if self.max_trials is not None and self.trials_done >= self.max_trials:
                 break
             if self.max_duration_ns is not None and out.t_rig_ns >= self.max_duration_ns:
@@ -221,7 +272,18 @@ class RigProcess:
         self._heartbeat("stopped")
         wall = time.monotonic() - wall_start
         cpu = time.process_time() - cpu_start
-        return {"rig_id": client.rig_id, "seed": m.seed, "day": m.config.day, "n_units": m.n_units,
+        extra: dict[str, Any] = {}
+        if self.own_clock:
+            slow = self.slowdown()
+            extra = {k: v for k, v in self._clock_status().items() if k != "slowdown_recent"}
+            extra["slowdown"] = slow
+            pace = "slower than real time" if slow > 1.01 else "keeping real time"
+            extra["clock_note"] = (
+                f"{m.config.model} model on {extra.get('backend_active', m.config.backend)}: the "
+                f"simulated world ran on its own rig clock at {slow:.2f}x wall time per rig second "
+                f"({pace}; the clock waited {self.lag_ns / _NS:.2f} s for the model, no steps dropped)")
+        return {**extra, "model": m.config.model, "rig_id": client.rig_id, "seed": m.seed,
+                "day": m.config.day, "n_units": m.n_units,
                 "bin_s": m.config.bin_s, "paced": self.pace, "bins": self.bins,
                 "sim_s": m.t_rig_ns / _NS, "wall_s": wall,
                 "cpu_per_wall": cpu / wall if wall > 0 else 0.0, "trials": self.trials_done,
@@ -249,19 +311,33 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(json.dumps({"error": f"bad mouse configuration: {exc}"}), flush=True)
         return 2
-    mouse = SimulatedMouse(config, a.seed, session=a.session)
+    spiking = config.model == "spiking"
+    mouse: SimulatedMouse
+    if spiking:
+        from sim.spiking_mouse import SpikingMouse  # numba, and a Lava sidecar: only when asked for
+
+        try:
+            mouse = SpikingMouse(config, a.seed, session=a.session)
+        except ValueError as exc:
+            print(json.dumps({"error": f"bad spiking mouse configuration: {exc}"}), flush=True)
+            return 2
+    else:
+        mouse = SimulatedMouse(config, a.seed, session=a.session)
     client = RigClient(a.rig_id, a.ingest, a.command, description=mouse.description)
     proc = RigProcess(mouse, client, pace=not a.no_pace, spin_ns=round(a.spin_us * 1000),
-                      max_trials=a.trials, max_duration_s=a.duration)
+                      max_trials=a.trials, max_duration_s=a.duration, own_clock=spiking)
     signal.signal(signal.SIGTERM, proc.request_stop)
     signal.signal(signal.SIGINT, proc.request_stop)
     try:
         summary = proc.run()
     except TimeoutError as exc:
         print(json.dumps({"error": str(exc), "rig_id": a.rig_id}), flush=True)
-        client.close()
         return 3
-    client.close()
+    finally:
+        client.close()
+        close = getattr(mouse, "close", None)
+        if callable(close):
+            close()
     summary["realtime"] = realtime
     print(json.dumps(summary), flush=True)
     return 0
