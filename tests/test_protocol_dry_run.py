@@ -154,3 +154,32 @@ def test_state_triggered_dry_run_with_online_decoder_matches_the_model() -> None
     # light lowers performance overall (model 0.81 → 0.72)
     assert se["effect_weak"] + se["effect_strong"] > 0
     assert np.isfinite(se["z"])
+
+
+def test_modularity_probe_dry_run_uses_light_window_latents() -> None:
+    text = """
+[protocol]
+name = "probe"
+kind = "modularity_probe"
+seed = 5
+
+[window]
+onset_s = -1.7
+duration_s = 0.8
+
+[modularity_probe]
+perturb = "left"
+light_fraction = 0.25
+"""
+    proto = load_protocol(text)
+    from controllers.policies import ModularityProbe
+    from controllers.protocol import build_controller
+
+    ctrl = build_controller(proto)
+    assert isinstance(ctrl, ModularityProbe)
+    r = dry_run(proto, 48, seed=6, controller=ctrl)
+    done = [t for t in r.trials if t["outcome"] in ("hit", "error")]
+    # the probe's per-trial values are the dry run's light-window latents of the read (right) side
+    expect = sorted(t["window_latent"][1] for t in done)
+    assert sorted(ctrl._values) == pytest.approx(expect)
+    assert r.modularity["right"]["n_light"] == sum(t["light"] == "left" for t in done) > 0
