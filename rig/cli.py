@@ -299,12 +299,11 @@ def protocol_check(
         from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
         from rich.progress import Progress as Bar
 
+        from rig.dry_run import default_config
         from rig.dry_run import dry_run as run_dry
-        from sim.config import MouseConfig
 
         assert result.protocol is not None
-        cfg = MouseConfig(bin_s=0.005, model_dt_s=0.005, iti_s=(0.5, 1.0), mu_left=mu_left, mu_right=mu_right,
-                          delay_s=result.protocol.spec.session.expects_delay_s)
+        cfg = default_config(result.protocol, mu_left=mu_left, mu_right=mu_right)
         with Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                  TimeRemainingColumn(), console=console, transient=True) as bar:
             task = bar.add_task(f"dry run on the simulated mouse (μ = {mu_left}, {mu_right})", total=dry_run)
