@@ -157,11 +157,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(text: str, command: str) -> None:
+def write_doc(text: str, command: str, load: str) -> None:
     doc = REPO / "docs" / "benchmarks.md"
     start, end = "<!-- loop-bench:start -->", "<!-- loop-bench:end -->"
     body = (f"{start}\n\nCommand: `{command}`  \nMachine: {platform.node()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+            f"load average during the run {load}\n\n"
             f"{text}\n\n{end}")
     cur = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
     if start in cur:
@@ -180,6 +181,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     a = ap.parse_args()
     rows = []
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="rigd-bench-") as td:
         tmp = Path(td)
         plan = [(u, 1, 0) for u in a.units] + [(1000, n, 0) for n in a.rigs if n > 1]
@@ -192,12 +194,14 @@ def main() -> None:
             print(f"… {label}: rigd", file=sys.stderr, flush=True)
             rd, m = rigd(units, a.seconds, tmp, rigs, raw)
             rows.append(row(units, rigs, fl, rd, m, label))
+            loads.append(os.getloadavg()[0])
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     text = table(rows)
     print(text)
     print(json.dumps(rows, indent=1, default=float), file=sys.stderr)
     if a.write:
-        write_doc(text, "python -m bench.loop_bench " + " ".join(sys.argv[1:]))
+        write_doc(text, "python -m bench.loop_bench " + " ".join(sys.argv[1:]),
+                  f"{min(loads):.1f}–{max(loads):.1f} (1-min, sampled between configurations)")
 
 
 if __name__ == "__main__":
