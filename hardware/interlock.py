@@ -143,14 +143,20 @@ class LightInterlock:
     # --- requests ----------------------------------------------------------------------------
 
     def request(self, req: LightRequest, *, now_ns: int, cause_seq: int, cause_t_rig_ns: int,
-                cause_t_send_ns: int, deadline_rig_ns: int) -> InterlockDecision:
-        """Check a controller's request; if every limit holds, build the command and send it."""
+                cause_t_send_ns: int, deadline_rig_ns: int, deadline_ns: int | None = None) -> InterlockDecision:
+        """Check a controller's request; if every limit holds, build the command and send it.
+
+        ``deadline_rig_ns`` goes into the command (the rig's clock: the rig refuses to start later);
+        ``deadline_ns`` is the same deadline on this process's clock (``now_ns``'s), checked here.
+        Where both clocks are one (dry runs, the simulated rig on this host) it may be omitted.
+        """
         wf = Waveform.SINE if req.waveform == "sine" else Waveform.CONSTANT if req.waveform == "constant" \
             else None
         return self._start(req.trial, req.hemisphere, req.power_mw_per_spot, req.duration_s,
                            req.ramp_down_s, wf, req.freq_hz, req.spots_left, req.spots_right,
                            now_ns=now_ns, cause=(cause_seq, cause_t_rig_ns, cause_t_send_ns),
-                           deadline_rig_ns=deadline_rig_ns, condition=req.condition)
+                           deadline_rig_ns=deadline_rig_ns, condition=req.condition,
+                           deadline_ns=deadline_rig_ns if deadline_ns is None else deadline_ns)
 
     def request_command(self, cmd: LightCommandFields, *, now_ns: int) -> InterlockDecision:
         """Check a raw wire-style command (e.g. forwarded from elsewhere) exactly like a request.
@@ -176,16 +182,16 @@ class LightInterlock:
         return self._start(cmd.trial, hemi, cmd.power_mw_per_spot, cmd.duration_s, cmd.ramp_down_s, wf,
                            cmd.freq_hz, sl, sr, now_ns=now_ns,
                            cause=(cmd.cause_seq, cmd.cause_t_rig_ns, cmd.cause_t_send_ns),
-                           deadline_rig_ns=cmd.deadline_rig_ns, condition="wire")
+                           deadline_rig_ns=cmd.deadline_rig_ns, condition="wire", deadline_ns=cmd.deadline_rig_ns)
 
     def _start(self, trial: int, hemisphere: str, power: float, duration: float, ramp: float,
                waveform: Waveform | None, freq: float, spots_left: int, spots_right: int, *,
                now_ns: int, cause: tuple[int, int, int], deadline_rig_ns: int,
-               condition: str) -> InterlockDecision:
+               condition: str, deadline_ns: int) -> InterlockDecision:
         self._last_now = max(self._last_now, now_ns)
         try:
             p, d, r, f, joules = self._check(trial, hemisphere, power, duration, ramp, waveform, freq,
-                                             spots_left, spots_right, now_ns, deadline_rig_ns)
+                                             spots_left, spots_right, now_ns, deadline_ns)
         except _RefusalError as ref:
             return self._refuse(ref, trial, now_ns, condition)
         # every check passed: commit, then send the whole command
@@ -212,7 +218,7 @@ class LightInterlock:
 
     def _check(self, trial: int, hemisphere: str, power: float, duration: float, ramp: float,
                waveform: Waveform | None, freq: float, sl: int, sr: int, now_ns: int,
-               deadline_rig_ns: int) -> tuple[float, float, float, float, tuple[float, float]]:
+               deadline_ns: int) -> tuple[float, float, float, float, tuple[float, float]]:
         lim = self.limits
         if self._tripped or self._last_hb is None or now_ns - self._last_hb > lim.watchdog_s * NS:
             age = None if self._last_hb is None else (now_ns - self._last_hb) / NS
@@ -221,8 +227,8 @@ class LightInterlock:
         if self._trial < 0 or trial != self._trial:
             raise _RefusalError("trial", f"request for trial {trial} but the current trial is {self._trial}",
                            trial, self._trial)
-        if deadline_rig_ns < now_ns:
-            late = (now_ns - deadline_rig_ns) / 1e6
+        if deadline_ns < now_ns:
+            late = (now_ns - deadline_ns) / 1e6
             raise _RefusalError("deadline", f"decision is {late:.3f} ms past its deadline: late decision → "
                            "no light", late, 0.0)
         if self._commanded_trial == trial:

@@ -456,7 +456,8 @@ class HotLoop:
             else:
                 decision = pl.interlock.request(
                     req, now_ns=t_controlled, cause_seq=h.seq, cause_t_rig_ns=h.t_rig_ns,
-                    cause_t_send_ns=h.t_send_ns, deadline_rig_ns=h.t_rig_ns + self.deadline_ns)
+                    cause_t_send_ns=h.t_send_ns, deadline_rig_ns=h.t_rig_ns + self.deadline_ns,
+                    deadline_ns=t_recv + self.deadline_ns)  # the same budget on rigd's own clock
                 if not decision.approved and book is not None:
                     book.refused.append(decision.reason)
         row = self._record_estimate(h, est)

@@ -22,6 +22,14 @@ SPIKE_COUNTS, TRIAL_EVENT, LIGHT_COMMAND, LIGHT_ACK, HEARTBEAT = 1, 4, 5, 6, 8
 U8 = 1
 
 
+_T0 = time.monotonic_ns()
+
+
+def clock_ns() -> int:
+    """This rig's own clock: nanoseconds since the rig process started (not rigd's clock)."""
+    return time.monotonic_ns() - _T0
+
+
 def header(kind: int, n_bytes: int, rig_id: int, stream: int, seq: int, t_ns: int, ndim: int = 1) -> bytes:
     return HEADER.pack(b"RIGD", 1, kind, U8 if ndim else 0, ndim, 0, n_bytes if ndim else 0, 0, rig_id,
                        stream, seq, t_ns, t_ns, n_bytes)
@@ -45,7 +53,7 @@ def main() -> int:
     seqs = {0: 0, 1: 0, 2: 0, 3: 0}
 
     def send(kind: int, stream: int, payload: bytes, t_ns: int | None = None) -> None:
-        now = time.monotonic_ns() if t_ns is None else t_ns
+        now = clock_ns() if t_ns is None else t_ns
         pub.send_multipart([header(kind, len(payload), args.rig_id, stream, seqs[stream], now), payload])
         seqs[stream] += 1
 
@@ -70,7 +78,7 @@ def main() -> int:
     last_hb = time.monotonic()
     for trial in range(args.trials):
         # compressed but real timing: 0.5 s pre-sample, 1.3 s sample, 1.7 s delay, then outcome
-        t0 = time.monotonic_ns()
+        t0 = clock_ns()
         t_sample, t_delay, t_go = t0 + 500_000_000, t0 + 1_800_000_000, t0 + 3_500_000_000
         side = rng.choice(["left", "right"])
         ev = {"event": "trial_start", "trial": trial, "instructed": side, "delay_s": 1.7,
@@ -79,7 +87,7 @@ def main() -> int:
         sent = {"sample_on": False, "delay_on": False, "go_cue": False}
         next_bin = t0 + 1_000_000
         while True:
-            now = time.monotonic_ns()
+            now = clock_ns()
             if now >= next_bin:
                 counts = bytes(rng.randrange(0, 2) for _ in range(args.units))
                 send(SPIKE_COUNTS, 0, counts, next_bin)
@@ -101,7 +109,7 @@ def main() -> int:
                     heartbeats_from_rigd += 1
                 elif h[2] == LIGHT_COMMAND and h[8] == args.rig_id:
                     f = COMMAND.unpack(payload)
-                    t_rx = time.monotonic_ns()
+                    t_rx = clock_ns()
                     status = 1 if t_rx > f[4] and f[7] == 1 else (4 if f[7] != 1 else 0)
                     send(LIGHT_ACK, 2, ACK.pack(f[0], f[1], f[3], t_rx, t_rx if status != 1 else 0, status))
                     commands.append({"command_id": f[0], "cause_seq": f[1], "trial": f[6], "action": f[7],
