@@ -401,6 +401,10 @@ class HotLoop:
             return
         if pl is None or pl.description != desc:
             self.recorder.put(hbuf, pbuf, t_recv)
+        rig_alarm = desc.get("alarm") or desc.get("backend_alarm")
+        if rig_alarm and (pl is None or rig_alarm != (pl.description.get("alarm")
+                                                     or pl.description.get("backend_alarm"))):
+            self._alarm({"source": "rig", "rig_id": h.rig_id, "message": f"rig {h.rig_id}: {rig_alarm}"})
         if pl is None:
             pl = self._new_pipeline(h.rig_id, desc, n_units, t_recv)
             pl.last_seq[h.stream_id] = h.seq
