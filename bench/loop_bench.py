@@ -38,7 +38,13 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
+TRANSPORT = {"kind": "tcp"}
+
+
 def _endpoints() -> tuple[str, str]:
+    if TRANSPORT["kind"] == "ipc":
+        d = tempfile.mkdtemp(prefix="rigd-ipc-")
+        return f"ipc://{d}/ingest", f"ipc://{d}/command"
     return f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
 
 
@@ -179,7 +185,10 @@ def main() -> None:
     ap.add_argument("--raw", action="store_true", help="also 384 channels × 30 kHz raw chunks (BRAND comparison)")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
+    ap.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
+                    help="tcp://127.0.0.1 (default) or ipc:// (Unix sockets, one host)")
     a = ap.parse_args()
+    TRANSPORT["kind"] = a.transport
     rows = []
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="rigd-bench-") as td:
@@ -188,7 +197,8 @@ def main() -> None:
         if a.raw:
             plan.append((384, 1, 384))
         for units, rigs, raw in plan:
-            label = f"{units} units" + (f", {rigs} rigs" if rigs > 1 else "") + (" (raw 30 kHz chunks)" if raw else "")
+            label = (f"{units} units" + (f", {rigs} rigs" if rigs > 1 else "") + (" (raw 30 kHz chunks)" if raw else "")
+                     + (", ipc" if a.transport == "ipc" else ""))
             print(f"… {label}: floor", file=sys.stderr, flush=True)
             fl = floor(units, a.seconds, rigs, raw)
             print(f"… {label}: rigd", file=sys.stderr, flush=True)

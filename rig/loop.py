@@ -17,6 +17,7 @@ and are swapped in between frames.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import os
 import struct
 import threading
@@ -134,13 +135,23 @@ class HotLoop:
         publish_estimates: bool = False,
         realtime_priority: int = 0,
     ) -> None:
-        self.ctx = context or zmq.Context.instance()
-        self.sub = self.ctx.socket(zmq.SUB)
+        if context is None:
+            # the hot loop's own context: its I/O thread moves the frames, so under SCHED_FIFO it is
+            # real-time too (set before any socket exists; ignored without the privilege)
+            context = zmq.Context(io_threads=1)
+            if realtime_priority > 0 and _may_realtime():
+                context.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
+                context.set(zmq.THREAD_PRIORITY, realtime_priority)
+            self._own_context = True
+        else:
+            self._own_context = False
+        self.ctx: Any = context  # (pyzmq's stubs do not know numpy arrays are buffers)
+        self.sub: Any = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.setsockopt(zmq.RCVHWM, 200_000)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.bind(ingest_endpoint)
-        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub: Any = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 500)
         self.pub.bind(command_endpoint)
         self.ingest_endpoint = self.sub.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -193,6 +204,10 @@ class HotLoop:
     def run(self) -> None:
         """The loop itself (blocks)."""
         self.realtime = _try_realtime(self.realtime_priority)
+        # no cyclic-GC pause on the hot path: objects alive at start are frozen out of collection and
+        # young-generation collections come rarely (the per-frame chain creates almost no cycles)
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         next_hb = 0
@@ -228,6 +243,8 @@ class HotLoop:
             self._flush_decoder_outputs()
             self.sub.close()
             self.pub.close()
+            if self._own_context:
+                self.ctx.term()
 
     def _internal_error(self, exc: Exception) -> None:
         self.counters.error("loop", "internal", f"{type(exc).__name__}: {exc}")
@@ -611,6 +628,24 @@ class HotLoop:
         pl.decoder.swap(result)
         self.recorder.log({"type": "decoder_fit", "rig_id": pl.rig_id, "status": pl.decoder.status()},
                           time.monotonic_ns())
+
+
+def _may_realtime() -> bool:
+    """Whether this process may use SCHED_FIFO (probed on a short-lived thread, restored after)."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            result.append(True)
+        except (AttributeError, PermissionError, OSError):
+            result.append(False)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return result[0]
 
 
 def _try_realtime(priority: int) -> str:
