@@ -82,7 +82,7 @@ def test_large_frames_are_stored_compressed_and_read_back_identically(tmp_path: 
     raw_bytes = 50 * 100_000
     assert (tmp_path / LOG_NAME).stat().st_size < raw_bytes / 10  # lz4 on sparse counts: ~30× smaller
     s = Session.open(tmp_path)
-    seq, t, counts = s.counts()
+    seq, _, counts = s.counts()
     assert seq.tolist() == list(range(50)) and s.bad_records == 0 and s.verify() == 0
     np.testing.assert_array_equal(counts, np.stack(frames))
     r = list(s.records(wire.Kind.SPIKE_COUNTS))[7]
