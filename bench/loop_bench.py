@@ -136,6 +136,8 @@ def row(units: int, rigs: int, fl: list[dict[str, Any]], rd: list[dict[str, Any]
          "floor_p50": agg(fl, "p50"), "floor_p99": agg(fl, "p99"), "floor_p99_9": agg(fl, "p99_9"),
          "rigd_p50": agg(rd, "p50"), "rigd_p99": agg(rd, "p99"), "rigd_p99_9": agg(rd, "p99_9"),
          "internal_p50": internal["p50"], "internal_p99": internal["p99"], "internal_p99_9": internal["p99_9"],
+         "decision_p50": m["latency_us"].get("decision", {}).get("p50", float("nan")),
+         "decision_p99": m["latency_us"].get("decision", {}).get("p99", float("nan")),
          "frames": c.get("frames", 0), "missing_replies": sum(r["missing_replies"] for r in rd),
          "missing_seq": c.get("ingest.missing_seq", 0), "recorder_dropped": c.get("recorder_dropped", 0),
          "recorder_max_lag": c.get("recorder_max_lag_records", 0), "late_decisions": c.get("late_decisions", 0),
@@ -147,8 +149,8 @@ def row(units: int, rigs: int, fl: list[dict[str, Any]], rd: list[dict[str, Any]
 
 
 HEADER = ("| load | floor p50 / p99 / p99.9 (µs) | rigd p50 / p99 / p99.9 (µs) | ratio p50 | ratio p99 | "
-          "rigd internal p50 / p99 / p99.9 (µs) | frames | dropped (rig-side missing / seq gaps / recorder / "
-          "late) |\n|---|---|---|---|---|---|---|---|")
+          "rigd internal p50 / p99 / p99.9 (µs) | decision p50 / p99 (µs) | frames | dropped (rig-side missing / "
+          "seq gaps / recorder / late) |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -158,7 +160,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['label']} | {_fmt(r['floor_p50'])} / {_fmt(r['floor_p99'])} / {_fmt(r['floor_p99_9'])} | "
             f"{_fmt(r['rigd_p50'])} / {_fmt(r['rigd_p99'])} / {_fmt(r['rigd_p99_9'])} | {r['ratio_p50']:.2f} | "
             f"{r['ratio_p99']:.2f} | {r['internal_p50']:.0f} / {r['internal_p99']:.0f} / "
-            f"{r['internal_p99_9']:.0f} | {r['frames']} | {r['missing_replies']} / {r['missing_seq']} / "
+            f"{r['internal_p99_9']:.0f} | {_fmt(r['decision_p50'])} / {_fmt(r['decision_p99'])} | {r['frames']} | "
+            f"{r['missing_replies']} / {r['missing_seq']} / "
             f"{r['recorder_dropped']} / {r['late_decisions']} |")
     return "\n".join(lines)
 

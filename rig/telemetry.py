@@ -17,8 +17,9 @@ import numpy.typing as npt
 
 #: Columns of a loop row. Stage times are in microseconds.
 FIELDS = ("seq", "t_recv_ns", "ingest_us", "decode_us", "control_us", "send_us", "internal_us",
-          "commanded")
-STAGES = ("ingest_us", "decode_us", "control_us", "send_us", "internal_us")
+          "commanded", "decision_us")
+#: decision_us: frame received → decision taken (before anything is sent); internal_us: → sent
+STAGES = ("ingest_us", "decode_us", "control_us", "send_us", "internal_us", "decision_us")
 _COL = {f: i for i, f in enumerate(FIELDS)}
 
 
@@ -97,6 +98,7 @@ class LoopTelemetry:
         r[5] = (t_sent - t_controlled) * 1e-3
         r[6] = (t_sent - t_recv) * 1e-3
         r[7] = 1.0 if t_sent != t_controlled else 0.0
+        r[8] = (t_controlled - t_recv) * 1e-3
         self.written += 1
 
     def add_e2e(self, e2e_us: float) -> None:

@@ -30,7 +30,8 @@ def test_ring_overrun_is_counted() -> None:
     for i in range(40):
         t.record(i, 0, 1000, 2000, 3000, 3000)
     rows = t.collect()
-    assert rows.shape == (16, 8) and t.lost_rows == 24
+    assert rows.shape == (16, 9) and t.lost_rows == 24
     assert rows[:, 0].tolist() == list(range(24, 40))
     s = t.summary(deadline_us=10_000)
     assert abs(s["internal"]["p50"] - 3.0) < 0.05 and s["internal"]["n"] == 16
+    assert abs(s["decision"]["p50"] - 3.0) < 0.05
