@@ -470,15 +470,17 @@ class HotLoop:
         t_sent = t_controlled
         if req is not None:
             book = pl.books.get(state.trial)
-            if t_controlled - t_recv > self.deadline_ns:
+            # the service's budget, tightened by the protocol's own if that is smaller
+            budget = min(self.deadline_ns, int(req.deadline_budget_s * 1e9))
+            if t_controlled - t_recv > budget:
                 self.counters.inc("late_decisions")  # late decision → no light
                 if book is not None:
                     book.late_decisions += 1
             else:
                 decision = pl.interlock.request(
                     req, now_ns=t_controlled, cause_seq=h.seq, cause_t_rig_ns=h.t_rig_ns,
-                    cause_t_send_ns=h.t_send_ns, deadline_rig_ns=h.t_rig_ns + self.deadline_ns,
-                    deadline_ns=t_recv + self.deadline_ns)  # the same budget on rigd's own clock
+                    cause_t_send_ns=h.t_send_ns, deadline_rig_ns=h.t_rig_ns + budget,
+                    deadline_ns=t_recv + budget)  # the same budget on rigd's own clock
                 if not decision.approved and book is not None:
                     book.refused.append(decision.reason)
         row = self._record_estimate(h, est)
