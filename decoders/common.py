@@ -171,6 +171,33 @@ def read_npz(path: Path) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
     return meta, arrays
 
 
+def read_named_npz(path: Path, name: str) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+    """:func:`read_npz`, refusing a file that holds another decoder than ``name``."""
+    meta, arrays = read_npz(path)
+    if meta["name"] != name:
+        raise ValueError(f"{path} holds a {meta['name']!r} decoder, not {name!r}")
+    return meta, arrays
+
+
+def retrain_set(previous: TrialSet | None, new: TrialSet, max_trials: int) -> TrialSet | None:
+    """The trials an ``update`` refits on: previous training trials plus ``new``, the last ``max_trials``.
+
+    None when ``new`` is empty (nothing to do).
+    """
+    if new.n_trials == 0:
+        return None
+    joined = new if previous is None else concat_trials(previous, new)
+    return last_trials(joined, max_trials)
+
+
+def frames_per_bin(decoder: str, bin_s: float, frame_s: float) -> int:
+    """How many live frames make one training bin; ValueError unless the frame divides the bin."""
+    k = round(bin_s / frame_s)
+    if k < 1 or abs(k * frame_s - bin_s) > 0.01 * frame_s:
+        raise ValueError(f"{decoder}: frame_s={frame_s} s must divide the training bin {bin_s} s")
+    return int(k)
+
+
 def trials_provenance(trials: TrialSet) -> dict[str, Any]:
     """Provenance of a fit: the trial set's own provenance plus the trials and their count."""
     prov = dict(trials.provenance)
@@ -324,10 +351,8 @@ class WindowedLinearDecoder:
 
     def update(self, trials: TrialSet, max_trials: int = 400) -> FitReport | None:
         """Refit on the previous training trials plus ``trials`` (the last ``max_trials``)."""
-        if trials.n_trials == 0:
-            return None
-        joined = trials if self._train is None else concat_trials(self._train, trials)
-        return self.fit(last_trials(joined, max_trials))
+        again = retrain_set(self._train, trials, max_trials)
+        return None if again is None else self.fit(again)
 
     def _after_fit(self) -> None:
         k = self.W.shape[0]
@@ -419,9 +444,7 @@ class WindowedLinearDecoder:
     @classmethod
     def load(cls, path: Path) -> Self:
         """Read a decoder written by :meth:`save`."""
-        meta, arrays = read_npz(path)
-        if meta["name"] != cls.name:
-            raise ValueError(f"{path} holds a {meta['name']!r} decoder, not {cls.name!r}")
+        meta, arrays = read_named_npz(path, cls.name)
         params = dict(meta["params"])
         bin_s = float(params.pop("bin_s"))
         conf_scale = float(params.pop("conf_scale"))

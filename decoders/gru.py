@@ -27,11 +27,11 @@ import numpy.typing as npt
 from decoders.base import Estimate, FitReport, TrialSet
 from decoders.common import (
     FloatArray,
-    concat_trials,
+    frames_per_bin,
     labels_of,
-    last_trials,
-    read_npz,
+    read_named_npz,
     require_bins,
+    retrain_set,
     save_npz,
     trials_provenance,
     try_cross_validate,
@@ -156,20 +156,16 @@ class GRUDecoder:
 
     def update(self, trials: TrialSet, max_trials: int = 400) -> FitReport | None:
         """Retrain on the previous training trials plus ``trials`` (the last ``max_trials``)."""
-        if trials.n_trials == 0:
-            return None
-        joined = trials if self._train is None else concat_trials(self._train, trials)
-        return self.fit(last_trials(joined, max_trials))
+        again = retrain_set(self._train, trials, max_trials)
+        return None if again is None else self.fit(again)
 
     # ----- the hot path -------------------------------------------------------------------
     def set_frame_s(self, frame_s: float) -> None:
         """Live frame width (must divide the training bin); builds the preallocated tensors."""
         import torch
 
-        k = round(self.bin_s / frame_s)
-        if k < 1 or abs(k * frame_s - self.bin_s) > 0.01 * frame_s:
-            raise ValueError(f"gru: frame_s={frame_s} s must divide the training bin {self.bin_s} s")
-        self.frame_s, self._k = float(frame_s), int(k)
+        k = frames_per_bin("gru", self.bin_s, frame_s)
+        self.frame_s, self._k = float(frame_s), k
         torch.set_num_threads(1)
         w = {k_: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
              for k_, v in self.weights.items()}
@@ -256,9 +252,7 @@ class GRUDecoder:
     @classmethod
     def load(cls, path: Path) -> Self:
         """Read a decoder written by :meth:`save`."""
-        meta, arrays = read_npz(path)
-        if meta["name"] != cls.name:
-            raise ValueError(f"{path} holds a {meta['name']!r} decoder, not {cls.name!r}")
+        meta, arrays = read_named_npz(path, cls.name)
         p = dict(meta["params"])
         bin_s = float(p.pop("bin_s"))
         self = cls(**p)

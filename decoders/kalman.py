@@ -32,10 +32,10 @@ from decoders.coding_direction import CodingDirection
 from decoders.common import (
     FloatArray,
     bin_ends,
-    concat_trials,
-    last_trials,
+    frames_per_bin,
     logistic_scale,
-    read_npz,
+    read_named_npz,
+    retrain_set,
     save_npz,
     time_mask,
     trials_provenance,
@@ -170,17 +170,13 @@ class KalmanCD:
 
     def update(self, trials: TrialSet, max_trials: int = 400) -> FitReport | None:
         """Refit on the previous training trials plus ``trials`` (the last ``max_trials``)."""
-        if trials.n_trials == 0:
-            return None
-        joined = trials if self._train is None else concat_trials(self._train, trials)
-        return self.fit(last_trials(joined, max_trials))
+        again = retrain_set(self._train, trials, max_trials)
+        return None if again is None else self.fit(again)
 
     # ----- the hot path -------------------------------------------------------------------
     def set_frame_s(self, frame_s: float) -> None:
         """Live frame width; frames must divide the training bin (dynamics are re-sampled)."""
-        k = round(self.bin_s / frame_s)
-        if k < 1 or abs(k * frame_s - self.bin_s) > 0.01 * frame_s:
-            raise ValueError(f"kalman: frame_s={frame_s} s must divide the training bin {self.bin_s} s")
+        k = frames_per_bin("kalman", self.bin_s, frame_s)
         self.frame_s = float(frame_s)
         Af = np.real(fractional_matrix_power(self.A, 1.0 / k)) if k > 1 else self.A.copy()
         G = sum(np.linalg.matrix_power(Af, j) for j in range(k))
@@ -258,9 +254,7 @@ class KalmanCD:
     @classmethod
     def load(cls, path: Path) -> Self:
         """Read a decoder written by :meth:`save`."""
-        meta, a = read_npz(path)
-        if meta["name"] != cls.name:
-            raise ValueError(f"{path} holds a {meta['name']!r} decoder, not {cls.name!r}")
+        meta, a = read_named_npz(path, cls.name)
         p = dict(meta["params"])
         self = cls(cd_window_s=p["cd_window_s"], trials=p["trials"], min_process_noise=p["min_process_noise"])
         self.axes, self.boundary, self.A, self.Q, self.R = a["axes"], a["boundary"], a["A"], a["Q"], a["R"]
