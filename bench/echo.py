@@ -3,18 +3,31 @@
 It binds a SUB (ingest) and a PUB (command) exactly as rigd does, and for every spike-count or
 raw frame publishes the same 56 + 64-byte reply rigd's estimate has (header + 8 float64s with the
 frame's seq and send time). It parses nothing else: it is what the transport alone costs.
+
+It runs under the same scheduling as rigd's hot loop when given ``--realtime-priority`` (main
+thread and its own ZeroMQ I/O thread under SCHED_FIFO), so the comparison is like for like. It
+times its own recv → send on every frame (the transport's share of rigd's "internal" time) and
+writes the percentiles to ``--stats`` when terminated. With ``--project`` it is the bare
+prototype loop of issue 7: a numpy coding-direction projection of the counts before replying.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import struct
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
 
 HEADER = struct.Struct("<4sHHBBHIIIIQqqI")
+#: payload dtype codes of rig.wire.DType
+_NP = {1: np.uint8, 2: np.uint16, 3: np.int16, 4: np.int32, 5: np.uint32, 6: np.float32, 7: np.float64, 8: np.int64}
 
 
 def main() -> None:
@@ -22,8 +35,18 @@ def main() -> None:
     ap.add_argument("--ingest", required=True)
     ap.add_argument("--command", required=True)
     ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--realtime-priority", type=int, default=0, help="SCHED_FIFO priority, as rigd's loop")
+    ap.add_argument("--project", action="store_true", help="bare prototype: project the counts on a CD first")
+    ap.add_argument("--stats", type=Path, help="write recv → send percentiles (µs) here at exit")
     a = ap.parse_args()
-    ctx = zmq.Context()
+    ctx: Any = zmq.Context(io_threads=1)
+    if a.realtime_priority > 0:
+        try:
+            ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
+            ctx.set(zmq.THREAD_PRIORITY, a.realtime_priority)
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(a.realtime_priority))
+        except (PermissionError, OSError):
+            pass  # as rigd: without the privilege it runs at normal priority
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVHWM, 200_000)
@@ -31,30 +54,57 @@ def main() -> None:
     pub = ctx.socket(zmq.PUB)
     pub.bind(a.command)
     out = np.zeros(8, dtype=np.float64)
+    internal = np.zeros(1 << 21, dtype=np.float32)  # recv → send, µs, one per echoed frame
+    n = 0
     seq = 0
+    cd: dict[int, np.ndarray[Any, Any]] = {}  # coding direction per payload length (bare prototype)
+    stop = {"now": False}
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
     end = time.monotonic() + a.seconds
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stop["now"]:
         if not poller.poll(100):
             continue
         while True:
             try:
-                h, _p = sub.recv_multipart(zmq.NOBLOCK, copy=False)
+                h, p = sub.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            t_recv = time.monotonic_ns()
             f = HEADER.unpack(h.buffer)
             kind = f[2]
             if kind in (1, 3):  # counts / raw: echo like rigd's estimate
                 out[0] = f[10]
                 out[1] = f[11]
                 out[2] = f[12]
+                if a.project:
+                    x = np.frombuffer(p.buffer, dtype=_NP.get(f[3], np.uint8))
+                    w = cd.get(x.size)
+                    if w is None:
+                        w = cd[x.size] = np.random.default_rng(0).normal(size=x.size)
+                    out[4] = w @ x
                 hdr = HEADER.pack(b"RIGD", 1, 7, 7, 1, 0, 8, 0, f[8], 4, seq, f[11], time.monotonic_ns(), 64)
                 seq += 1
                 pub.send_multipart([hdr, out])
+                if n < internal.size:
+                    internal[n] = (time.monotonic_ns() - t_recv) * 1e-3
+                    n += 1
             elif kind == 8:  # heartbeat: answer so the rig's handshake completes
                 pub.send_multipart([HEADER.pack(b"RIGD", 1, 8, 0, 0, 0, 0, 0, 0, 3, seq, 0, 0, 0), b""])
                 seq += 1
+    if a.stats is not None:
+        v = internal[:n].astype(np.float64)
+        pct = {q: float(np.percentile(v, x)) if n else float("nan")
+               for q, x in (("p50", 50), ("p99", 99), ("p99_9", 99.9))}
+        a.stats.write_text(json.dumps({"n": n, "internal_us": pct}))
+    sub.close(0)
+    pub.close(0)
+    ctx.term()
 
 
 if __name__ == "__main__":

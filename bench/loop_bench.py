@@ -75,16 +75,28 @@ def run_loads(ingest: str, command: str, mode: str, units: int, seconds: float, 
     return out
 
 
-def floor(units: int, seconds: float, rigs: int = 1, raw_channels: int = 0) -> list[dict[str, Any]]:
+def _rigd_realtime_priority() -> int:
+    """rigd's default SCHED_FIFO priority: the floor runs under the same scheduling."""
+    from rig.config import ServiceConfig
+
+    return int(ServiceConfig.model_fields["realtime_priority"].default)
+
+
+def floor(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: int = 0, *, project: bool = False
+          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The raw pyzmq echo (or, with ``project``, the bare prototype loop) under rigd's scheduling."""
     ingest, command = _endpoints()
-    echo = subprocess.Popen([PY, "-m", "bench.echo", "--ingest", ingest, "--command", command,
-                             "--seconds", str(seconds + 60)], cwd=REPO)
+    stats = tmp / f"echo-{units}-{rigs}-{raw_channels}-{int(project)}.json"
+    args = [PY, "-m", "bench.echo", "--ingest", ingest, "--command", command, "--seconds", str(seconds + 60),
+            "--realtime-priority", str(_rigd_realtime_priority()), "--stats", str(stats)]
+    echo = subprocess.Popen(args + (["--project"] if project else []), cwd=REPO)
     try:
         time.sleep(0.5)
-        return run_loads(ingest, command, "floor", units, seconds, rigs, raw_channels)
+        loads = run_loads(ingest, command, "floor", units, seconds, rigs, raw_channels)
     finally:
         echo.terminate()
         echo.wait(10)
+    return loads, json.loads(stats.read_text())
 
 
 def rigd(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: int = 0
@@ -122,8 +134,8 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.0f}"
 
 
-def row(units: int, rigs: int, fl: list[dict[str, Any]], rd: list[dict[str, Any]], m: dict[str, Any],
-        label: str = "") -> dict[str, Any]:
+def row(units: int, rigs: int, fl: list[dict[str, Any]], fl_stats: dict[str, Any], rd: list[dict[str, Any]],
+        m: dict[str, Any], label: str = "") -> dict[str, Any]:
     def agg(runs: list[dict[str, Any]], q: str) -> float:
         vals = [r["rtt_us"].get(q) for r in runs if r["rtt_us"]]
         return float(np.mean(vals)) if vals else float("nan")
@@ -135,6 +147,7 @@ def row(units: int, rigs: int, fl: list[dict[str, Any]], rd: list[dict[str, Any]
     r = {"label": label or f"{units} units", "units": units, "rigs": rigs,
          "floor_p50": agg(fl, "p50"), "floor_p99": agg(fl, "p99"), "floor_p99_9": agg(fl, "p99_9"),
          "rigd_p50": agg(rd, "p50"), "rigd_p99": agg(rd, "p99"), "rigd_p99_9": agg(rd, "p99_9"),
+         "echo_internal_p50": fl_stats["internal_us"]["p50"], "echo_internal_p99": fl_stats["internal_us"]["p99"],
          "internal_p50": internal["p50"], "internal_p99": internal["p99"], "internal_p99_9": internal["p99_9"],
          "decision_p50": m["latency_us"].get("decision", {}).get("p50", float("nan")),
          "decision_p99": m["latency_us"].get("decision", {}).get("p99", float("nan")),
@@ -149,8 +162,9 @@ def row(units: int, rigs: int, fl: list[dict[str, Any]], rd: list[dict[str, Any]
 
 
 HEADER = ("| load | floor p50 / p99 / p99.9 (µs) | rigd p50 / p99 / p99.9 (µs) | ratio p50 | ratio p99 | "
-          "rigd internal p50 / p99 / p99.9 (µs) | decision p50 / p99 (µs) | frames | dropped (rig-side missing / "
-          "seq gaps / recorder / late) |\n|---|---|---|---|---|---|---|---|---|")
+          "echo recv → send p50 / p99 (µs) | rigd internal p50 / p99 / p99.9 (µs) | decision p50 / p99 (µs) | "
+          "frames | dropped (rig-side missing / seq gaps / recorder / late) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -159,11 +173,30 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['label']} | {_fmt(r['floor_p50'])} / {_fmt(r['floor_p99'])} / {_fmt(r['floor_p99_9'])} | "
             f"{_fmt(r['rigd_p50'])} / {_fmt(r['rigd_p99'])} / {_fmt(r['rigd_p99_9'])} | {r['ratio_p50']:.2f} | "
-            f"{r['ratio_p99']:.2f} | {r['internal_p50']:.0f} / {r['internal_p99']:.0f} / "
+            f"{r['ratio_p99']:.2f} | {_fmt(r['echo_internal_p50'])} / {_fmt(r['echo_internal_p99'])} | "
+            f"{r['internal_p50']:.0f} / {r['internal_p99']:.0f} / "
             f"{r['internal_p99_9']:.0f} | {_fmt(r['decision_p50'])} / {_fmt(r['decision_p99'])} | {r['frames']} | "
             f"{r['missing_replies']} / {r['missing_seq']} / "
             f"{r['recorder_dropped']} / {r['late_decisions']} |")
     return "\n".join(lines)
+
+
+def prototype_table(units: int, proto: tuple[list[dict[str, Any]], dict[str, Any]], r: dict[str, Any]) -> str:
+    """The bare prototype loop (pyzmq + a numpy CD projection, nothing else) next to rigd, same run."""
+    loads, stats = proto
+
+    def agg(q: str) -> float:
+        return float(np.mean([x["rtt_us"][q] for x in loads if x["rtt_us"]]))
+
+    pi = stats["internal_us"]
+    return ("| loop, " + f"{units} units" + " | end to end p50 / p99 / p99.9 (µs) | internal p50 / p99 (µs) |\n"
+            "|---|---|---|\n"
+            f"| bare prototype (pyzmq + numpy CD projection) | {_fmt(agg('p50'))} / {_fmt(agg('p99'))} / "
+            f"{_fmt(agg('p99_9'))} | {_fmt(pi['p50'])} / {_fmt(pi['p99'])} |\n"
+            f"| rigd, everything on | {_fmt(r['rigd_p50'])} / {_fmt(r['rigd_p99'])} / {_fmt(r['rigd_p99_9'])} | "
+            f"{_fmt(r['internal_p50'])} / {_fmt(r['internal_p99'])} |\n"
+            f"| rigd ÷ prototype | {r['rigd_p50'] / agg('p50'):.2f} / {r['rigd_p99'] / agg('p99'):.2f} / – | "
+            f"{r['internal_p50'] / pi['p50']:.2f} / {r['internal_p99'] / pi['p99']:.2f} |")
 
 
 def write_doc(text: str, command: str, load: str) -> None:
@@ -188,11 +221,14 @@ def main() -> None:
     ap.add_argument("--raw", action="store_true", help="also 384 channels × 30 kHz raw chunks (BRAND comparison)")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
+    ap.add_argument("--prototype", type=int, default=None, metavar="UNITS",
+                    help="also run the bare prototype loop (pyzmq + numpy CD projection) at this unit count")
     ap.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                     help="tcp://127.0.0.1 (default) or ipc:// (Unix sockets, one host)")
     a = ap.parse_args()
     TRANSPORT["kind"] = a.transport
     rows = []
+    proto_text = ""
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="rigd-bench-") as td:
         tmp = Path(td)
@@ -203,13 +239,19 @@ def main() -> None:
             label = (f"{units} units" + (f", {rigs} rigs" if rigs > 1 else "") + (" (raw 30 kHz chunks)" if raw else "")
                      + (", ipc" if a.transport == "ipc" else ""))
             print(f"… {label}: floor", file=sys.stderr, flush=True)
-            fl = floor(units, a.seconds, rigs, raw)
+            fl, fl_stats = floor(units, a.seconds, tmp, rigs, raw)
             print(f"… {label}: rigd", file=sys.stderr, flush=True)
             rd, m = rigd(units, a.seconds, tmp, rigs, raw)
-            rows.append(row(units, rigs, fl, rd, m, label))
+            rows.append(row(units, rigs, fl, fl_stats, rd, m, label))
+            if a.prototype == units and rigs == 1 and not raw:
+                print(f"… {label}: bare prototype", file=sys.stderr, flush=True)
+                proto = floor(units, a.seconds, tmp, 1, 0, project=True)
+                proto_text = prototype_table(units, proto, rows[-1])
             loads.append(os.getloadavg()[0])
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     text = table(rows)
+    if proto_text:
+        text += "\n\n" + proto_text
     print(text)
     print(json.dumps(rows, indent=1, default=float), file=sys.stderr)
     if a.write:

@@ -166,6 +166,20 @@ def kalman_step(  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
+def accumulate_frame(buf: Any, got: Any, b: int, counts: Any) -> None:  # pragma: no cover - compiled
+    """Add one frame of counts into row ``b`` of a trial buffer and count it in ``got[b]``.
+
+    The hot-path twin of ``np.add(buf[b], counts, out=buf[b], casting="unsafe"); got[b] += 1``
+    (same wrap-around when the sum exceeds the buffer's dtype, float counts truncated like
+    numpy's unsafe cast) in one compiled call.
+    """
+    row = buf[b]
+    for i in range(counts.shape[0]):
+        row[i] += np.int64(counts[i])
+    got[b] += 1
+
+
+@numba.njit(nogil=True, cache=True)
 def bin_events(  # pragma: no cover - compiled
     times_s: Any, units: Any, t0_s: float, bin_s: float, out: Any,
 ) -> int:

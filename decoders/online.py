@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from decoders import kernels
 from decoders.base import Decoder, Estimate, FitReport, TrialSet
 from decoders.coding_direction import CodingDirection
 
@@ -200,9 +201,7 @@ class OnlineDecoder:
         if self._in_trial and not math.isnan(t_s):
             b = math.floor((t_s - 0.5 * self.bin_s - self.t_window_s[0]) / self.fit_bin_s)
             if 0 <= b < self.n_bins:
-                row = self._buf[b]
-                np.add(row, counts, out=row, casting="unsafe")
-                self._got[b] += 1
+                kernels.accumulate_frame(self._buf, self._got, b, counts)
             else:
                 self.counters["frames_outside_window"] += 1
         dec = self._dec

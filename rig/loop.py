@@ -47,6 +47,11 @@ KNOWN_EVENTS = frozenset({"trial_start", "sample_on", "delay_on", "go_cue", "lic
                           "outcome", "trial_end"})
 _SIDE = {"left": -1, "right": 1}
 _EST_FIELDS = struct.Struct("<IIQqq")  #: rig_id, stream_id, seq, t_rig_ns, t_send_ns at header offset 20
+_EST_ROW = struct.Struct("<8d")  #: a published estimate: seq, t_rig_ns, cause t_send_ns, t_s, value, confidence, l, r
+_DEC_ROW = struct.Struct(f"<{len(DECODER_FIELDS)}d")  #: one recorded decoder-output row (DECODER_FIELDS)
+#: the header split at offset 20: everything before (magic, version, kind, dtype, ndim, flags, shape) is the
+#: same in every SPIKE_COUNTS frame of a rig once validated; rig_id, stream_id, seq, t_rig, t_send, nbytes vary
+_SPLIT = struct.Struct("<20sIIQqqI")
 AlarmFn = Callable[[dict[str, Any]], None]
 
 
@@ -85,6 +90,11 @@ class RigPipeline:
     fit_future: concurrent.futures.Future[Any] | None = None
     fit_decoder: OnlineDecoder | None = None
     detector: ThresholdDetector | None = None  #: for rigs that stream raw samples
+    #: fast path: the first 20 header bytes of this rig's last fully validated SPIKE_COUNTS frame
+    #: (a frame with identical bytes there and the announced payload size is valid by construction)
+    counts_prefix: bytes = b""
+    counts_dtype: np.dtype[Any] = field(default_factory=lambda: np.dtype(np.uint16))
+    counts_nbytes: int = -1
     frames: int = 0
     trials_done: int = 0
 
@@ -169,11 +179,11 @@ class HotLoop:
         self._cmd_seq = 0
         self._hb_seq = 0
         self._est_seq = 0
-        self._est_out = np.zeros(8, dtype=np.float64)
+        self._est_out = bytearray(_EST_ROW.size)
         self._est_header = bytearray(wire.pack_header(wire.Kind.DECODER_OUTPUT, wire.DType.F64, (8,), rig_id=0,
                                                       stream_id=4, seq=0, t_rig_ns=0, t_send_ns=0))
         self._no_estimate = Estimate()
-        self._dec_buf = np.zeros((DECODER_CHUNK, len(DECODER_FIELDS)), dtype=np.float64)
+        self._dec_buf = bytearray(DECODER_CHUNK * _DEC_ROW.size)  # DECODER_FIELDS rows, packed float64
         self._dec_n = 0
         self._stop = threading.Event()
         self._all_off_requested = False
@@ -325,6 +335,18 @@ class HotLoop:
             return
         hbuf = frames[0].buffer
         pbuf = frames[1].buffer
+        if len(hbuf) == wire.HEADER_SIZE:
+            # fast path: the next SPIKE_COUNTS frame of a rig whose frames were validated before, whose
+            # header prefix (magic … shape) is byte-identical to the validated one, with the announced
+            # payload size and the next sequence number. Anything else takes the full checks below.
+            prefix, rig_id, stream_id, seq, t_rig, t_send, nbytes = _SPLIT.unpack(hbuf)
+            pl = self.pipelines.get(rig_id)
+            if (pl is not None and prefix == pl.counts_prefix and nbytes == pl.counts_nbytes
+                    and len(pbuf) == nbytes and pl.last_seq.get(stream_id, -2) == seq - 1):
+                pl.last_seq[stream_id] = seq
+                self.recorder.put(hbuf, pbuf, t_recv)
+                self._on_counts(pl, seq, t_rig, t_send, np.frombuffer(pbuf, dtype=pl.counts_dtype), t_recv)
+                return
         try:
             h = wire.unpack_header(hbuf)
             if len(pbuf) != h.payload_nbytes:
@@ -363,7 +385,9 @@ class HotLoop:
                                     f"({pl.n_units},), got {h.shape}")
                 return
             self.recorder.put(hbuf, pbuf, t_recv)
-            self._on_counts(pl, h, wire.payload_array(h, pbuf), t_recv)
+            counts = wire.payload_array(h, pbuf)
+            pl.counts_prefix, pl.counts_dtype, pl.counts_nbytes = bytes(hbuf[:20]), counts.dtype, h.payload_nbytes
+            self._on_counts(pl, h.seq, h.t_rig_ns, h.t_send_ns, counts, t_recv)
         elif kind == wire.Kind.TRIAL_EVENT:
             try:
                 ev = wire.payload_json(h, pbuf)
@@ -398,7 +422,7 @@ class HotLoop:
                                     f"(n_samples, {pl.detector.n_channels}), got {h.shape}")
                 return
             self.recorder.put(hbuf, pbuf, t_recv)
-            self._on_counts(pl, h, pl.detector.step(wire.payload_array(h, pbuf)), t_recv)
+            self._on_counts(pl, h.seq, h.t_rig_ns, h.t_send_ns, pl.detector.step(wire.payload_array(h, pbuf)), t_recv)
         elif kind in (wire.Kind.SPIKE_EVENTS, wire.Kind.RAW_SAMPLES):
             self.recorder.put(hbuf, pbuf, t_recv)
             self.counters.inc(f"ingest.{kind.name.lower()}")
@@ -427,6 +451,7 @@ class HotLoop:
             pl.last_seq[h.stream_id] = h.seq
         elif pl.n_units != n_units:
             pl.n_units = n_units
+            pl.counts_prefix = b""  # frames are validated afresh against the new description
             pl.decoder = self._new_decoder(pl.rig_id, desc)
         pl.description, pl.last_heartbeat_ns = desc, t_recv
 
@@ -458,14 +483,15 @@ class HotLoop:
                           time.monotonic_ns())
         return dec
 
-    def _on_counts(self, pl: RigPipeline, h: wire.Header, counts: np.ndarray[Any, Any], t_recv: int) -> None:
+    def _on_counts(self, pl: RigPipeline, seq: int, t_rig_ns: int, t_send_ns: int, counts: np.ndarray[Any, Any],
+                   t_recv: int) -> None:
         """The per-frame chain."""
         t_parsed = time.monotonic_ns()
-        state = pl.tracker.on_frame(h.t_rig_ns)
+        state = pl.tracker.on_frame(t_rig_ns)
         dec = pl.decoder
-        est = dec.step(counts, h.seq, state.t_s) if dec is not None else self._no_estimate
+        est = dec.step(counts, seq, state.t_s) if dec is not None else self._no_estimate
         t_decoded = time.monotonic_ns()
-        req = pl.controller.step(state, est, h.t_rig_ns)
+        req = pl.controller.step(state, est, t_rig_ns)
         t_controlled = time.monotonic_ns()
         t_sent = t_controlled
         if req is not None:
@@ -478,17 +504,23 @@ class HotLoop:
                     book.late_decisions += 1
             else:
                 decision = pl.interlock.request(
-                    req, now_ns=t_controlled, cause_seq=h.seq, cause_t_rig_ns=h.t_rig_ns,
-                    cause_t_send_ns=h.t_send_ns, deadline_rig_ns=h.t_rig_ns + budget,
+                    req, now_ns=t_controlled, cause_seq=seq, cause_t_rig_ns=t_rig_ns,
+                    cause_t_send_ns=t_send_ns, deadline_rig_ns=t_rig_ns + budget,
                     deadline_ns=t_recv + budget)  # the same budget on rigd's own clock
                 if not decision.approved and book is not None:
                     book.refused.append(decision.reason)
-        row = self._record_estimate(h, est)
         if self.publish_estimates:
-            self._publish_estimate(h, row)
+            # one packed row, then the preallocated header (only rig, seq and times change per frame)
+            _EST_ROW.pack_into(self._est_out, 0, seq, t_rig_ns, t_send_ns, est.t_s, est.value, est.confidence,
+                               est.left, est.right)
+            _EST_FIELDS.pack_into(self._est_header, 20, pl.rig_id, 4, self._est_seq, t_rig_ns, time.monotonic_ns())
+            self._est_seq += 1
+            self.pub.send(self._est_header, zmq.SNDMORE)
+            self.pub.send(self._est_out)
         if req is not None or self.publish_estimates:
             t_sent = time.monotonic_ns()
-        self.telemetry.record(h.seq, t_recv, t_parsed, t_decoded, t_controlled, t_sent)
+        self._record_estimate(seq, t_rig_ns, est)
+        self.telemetry.record(seq, t_recv, t_parsed, t_decoded, t_controlled, t_sent)
         if state.epoch == Epoch.DELAY and -0.35 < state.t_s <= 0.0:
             book = pl.books.get(state.trial)
             if book is not None:
@@ -496,36 +528,19 @@ class HotLoop:
         pl.frames += 1
         self.frames += 1
 
-    def _publish_estimate(self, h: wire.Header, row: np.ndarray[Any, Any]) -> None:
-        """Send the frame's recorded estimate row back to its rig, with the frame's send time."""
-        o = self._est_out
-        o[:2] = row[:2]
-        o[2] = h.t_send_ns
-        o[3:] = row[2:]
-        hdr = self._est_header  # preallocated: only rig, seq and times change per frame
-        _EST_FIELDS.pack_into(hdr, 20, h.rig_id, 4, self._est_seq, h.t_rig_ns, time.monotonic_ns())
-        self._est_seq += 1
-        self.pub.send_multipart([hdr, o])
-
-    def _record_estimate(self, h: wire.Header, est: Estimate) -> np.ndarray[Any, Any]:
-        """Write the frame's estimate into the recording buffer; returns the row written."""
-        r: np.ndarray[Any, Any] = self._dec_buf[self._dec_n]
-        r[0] = h.seq
-        r[1] = h.t_rig_ns
-        r[2] = est.t_s
-        r[3] = est.value
-        r[4] = est.confidence
-        r[5] = est.left
-        r[6] = est.right
+    def _record_estimate(self, seq: int, t_rig_ns: int, est: Estimate) -> None:
+        """Append the frame's estimate to the recording buffer (flushed every DECODER_CHUNK rows)."""
+        _DEC_ROW.pack_into(self._dec_buf, self._dec_n * _DEC_ROW.size, seq, t_rig_ns, est.t_s, est.value,
+                           est.confidence, est.left, est.right)
         self._dec_n += 1
         if self._dec_n == DECODER_CHUNK:
-            self._flush_decoder_outputs()  # copies the buffer: the returned row stays valid
-        return r
+            self._flush_decoder_outputs()
 
     def _flush_decoder_outputs(self) -> None:
         if self._dec_n:
             now = time.monotonic_ns()
-            self.recorder.put_message(wire.Kind.DECODER_OUTPUT, self._dec_buf[: self._dec_n].copy(), now)
+            rows = np.frombuffer(self._dec_buf, dtype="<f8", count=self._dec_n * len(DECODER_FIELDS))
+            self.recorder.put_message(wire.Kind.DECODER_OUTPUT, rows.reshape(self._dec_n, -1).copy(), now)
             self._dec_n = 0
 
     def _on_ack(self, pl: RigPipeline, ack: wire.LightAckFields) -> None:

@@ -66,3 +66,21 @@ def test_running_window_equals_recomputed_window_for_any_sizes(n_win, n_frames, 
     ref = kernels.window_project_numpy(W, frames[max(0, n_frames - n_win):].astype(float), 0.005, off)
     # add-newest/subtract-oldest in float64 on counts <= 255: rounding far below 1e-9 relative
     np.testing.assert_allclose(out[:2], ref, rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.int32, np.float32])
+def test_accumulate_frame_equals_the_numpy_add_it_replaces(dtype):
+    """The online decoder's trial-buffer add, compiled: same sums (and the same uint16 wrap)."""
+    rng = np.random.default_rng(3)
+    buf = rng.integers(65_300, 65_536, size=(5, 300)).astype(np.uint16)  # near the top: sums wrap
+    got = np.zeros(5, dtype=np.int64)
+    ref_buf, ref_got = buf.copy(), got.copy()
+    before = buf.copy()
+    for b in (0, 4, 4, 2):
+        counts = rng.integers(0, 2_000, size=300).astype(dtype)
+        kernels.accumulate_frame(buf, got, b, counts)
+        np.add(ref_buf[b], counts, out=ref_buf[b], casting="unsafe")
+        ref_got[b] += 1
+    assert np.array_equal(buf, ref_buf)
+    assert np.array_equal(got, ref_got)
+    assert (buf < before).any()  # the wrap-around case was exercised
