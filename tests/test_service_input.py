@@ -117,6 +117,10 @@ def test_every_kind_of_bad_input_is_counted_and_the_loop_keeps_running(tmp_path:
         rig.send(rig.msg(wire.Kind.LIGHT_ACK, b"\x00" * 10, stream=2))
         rig.send(rig.msg(wire.Kind.LIGHT_COMMAND, b"\x00" * 72, stream=2))  # rigs may not command light
         rig.send(rig.msg(wire.Kind.HEARTBEAT, wire.json_bytes({"rig": "raw"}), stream=3))  # no n_units
+        for _ in range(3):
+            rig.send(rig.counts())  # valid frames: the loop's fast path learns this rig's header prefix
+        h_next, p_next = rig.counts()  # the next seq and a byte-identical prefix, but one byte short
+        rig.send([h_next, p_next[:-1]])
         for _ in range(10):
             rig.send(rig.counts())  # good frames after all that
         time.sleep(2.5)  # status is republished at 1 Hz
@@ -127,12 +131,13 @@ def test_every_kind_of_bad_input_is_counted_and_the_loop_keeps_running(tmp_path:
                        "frames", "unknown_rig", "duplicate_seq", "out_of_order_seq"]:
             assert c.get(f"errors.ingest.{reason}", 0) >= 1, (reason, c)
         assert c["errors.ingest.shape"] == 2  # ndim 3 and 79 units
+        assert c["errors.ingest.payload_size"] == 2  # also on the fast path (valid prefix, next seq)
         assert c["errors.ingest.dtype"] == 1
-        assert c["ingest.missing_seq"] == 10
+        assert c["ingest.missing_seq"] == 10 + 1  # the gap, and the short frame's seq
         assert c["errors.events.json"] == 2 and c["errors.events.event"] == 2
         assert c["errors.acks.payload_size"] == 1 and c["errors.heartbeat.heartbeat"] == 1
         assert c["errors.ingest.kind"] == 2  # unknown kind 99 and LIGHT_COMMAND from a rig
-        assert st["frames"] == 10 + 1 + 1 + 10  # good frames, the gap frame and the float32 frame
+        assert st["frames"] == 10 + 1 + 1 + 3 + 10  # good frames, the gap frame and the float32 frame
         # each error is explained in the session: what, expected vs got
         assert r.cli("stop", "--name", "bad").returncode == 0
     from rig.session import Session
