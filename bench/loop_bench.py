@@ -39,6 +39,15 @@ def _port() -> int:
 
 
 TRANSPORT = {"kind": "tcp"}
+#: CPU placement (``--pin``): the loop under test (echo or rigd) on the last CPU, the rig loads on the others
+PIN: dict[str, list[str]] = {"loop": [], "rigs": []}
+
+
+def _set_pinning(on: bool) -> None:
+    n = os.cpu_count() or 1
+    if on and n >= 2:
+        PIN["loop"] = ["taskset", "-c", str(n - 1)]
+        PIN["rigs"] = ["taskset", "-c", f"0-{n - 2}"]
 
 
 def _endpoints() -> tuple[str, str]:
@@ -67,7 +76,7 @@ def run_loads(ingest: str, command: str, mode: str, units: int, seconds: float, 
                 "--units", str(units), "--seconds", str(seconds), "--rig-id", str(r + 1)]
         if raw_channels:
             args += ["--raw-channels", str(raw_channels)]
-        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=REPO))
+        procs.append(subprocess.Popen(PIN["rigs"] + args, stdout=subprocess.PIPE, text=True, cwd=REPO))
     out = []
     for p in procs:
         stdout, _ = p.communicate(timeout=seconds + 120)
@@ -89,7 +98,7 @@ def floor(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: in
     stats = tmp / f"echo-{units}-{rigs}-{raw_channels}-{int(project)}.json"
     args = [PY, "-m", "bench.echo", "--ingest", ingest, "--command", command, "--seconds", str(seconds + 60),
             "--realtime-priority", str(_rigd_realtime_priority()), "--stats", str(stats)]
-    echo = subprocess.Popen(args + (["--project"] if project else []), cwd=REPO)
+    echo = subprocess.Popen(PIN["loop"] + args + (["--project"] if project else []), cwd=REPO)
     try:
         time.sleep(0.5)
         loads = run_loads(ingest, command, "floor", units, seconds, rigs, raw_channels)
@@ -110,7 +119,8 @@ def rigd(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: int
     runtime = tmp / "runtime"
     env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime)}
     log = open(tmp / f"rigd-{units}-{rigs}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([RIGD, "start", "--rig", "external", "--config", str(cfg), "--ingest", ingest,
+    pin = ["--loop-cpu", PIN["loop"][-1]] if PIN["loop"] else []  # rigd places its own threads
+    proc = subprocess.Popen([RIGD, "start", *pin, "--rig", "external", "--config", str(cfg), "--ingest", ingest,
                              "--command", command, "--publish-estimates", "--decoder-file", str(dec),
                              "--session-dir", str(tmp / "sessions"), "--no-ui", "--no-live", "--name", "bench"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -223,10 +233,13 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     ap.add_argument("--prototype", type=int, default=None, metavar="UNITS",
                     help="also run the bare prototype loop (pyzmq + numpy CD projection) at this unit count")
+    ap.add_argument("--pin", action="store_true",
+                    help="CPU placement: the loop under test on the last CPU, the rig processes on the others")
     ap.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                     help="tcp://127.0.0.1 (default) or ipc:// (Unix sockets, one host)")
     a = ap.parse_args()
     TRANSPORT["kind"] = a.transport
+    _set_pinning(a.pin)
     rows = []
     proto_text = ""
     loads = [os.getloadavg()[0]]

@@ -78,6 +78,7 @@ def start(
     ingest: Annotated[str | None, typer.Option(help="ingest endpoint to bind")] = None,
     command: Annotated[str | None, typer.Option(help="command endpoint to bind")] = None,
     realtime_priority: Annotated[int | None, typer.Option(help="SCHED_FIFO priority of the loop (0: off)")] = None,
+    loop_cpu: Annotated[int | None, typer.Option(help="run the hot loop on this CPU, everything else off it")] = None,
     ui: Annotated[bool | None, typer.Option(help="serve the live web view")] = None,
     ui_port: Annotated[int | None, typer.Option(help="live view port (default: a free one)")] = None,
     live: Annotated[bool | None, typer.Option(help="terminal live view (default: on a TTY)")] = None,
@@ -91,7 +92,8 @@ def start(
             units_per_hemisphere=units_per_hemisphere, day=day, bin_ms=bin_ms, iti_s=iti_s, model=model,
             backend=backend, decoder=decoder, decoder_file=decoder_file,
             publish_estimates=publish_estimates, n_fit_trials=n_fit_trials, deadline_ms=deadline_ms,
-            ingest_endpoint=ingest, command_endpoint=command, realtime_priority=realtime_priority, ui=ui,
+            ingest_endpoint=ingest, command_endpoint=command, realtime_priority=realtime_priority,
+            loop_cpu=loop_cpu, ui=ui,
             ui_port=ui_port, live=live)
     except ValidationError as exc:
         _fail(_validation_message(exc))
@@ -279,6 +281,8 @@ def protocol_check(
     seed: Annotated[int, typer.Option(help="seed of the simulated mouse")] = 0,
     mu_left: Annotated[float, typer.Option(help="dry run: simulated μ_L")] = 0.6,
     mu_right: Annotated[float, typer.Option(help="dry run: simulated μ_R")] = 0.6,
+    model: Annotated[str, typer.Option(help="dry run: 'reduced' (§5.A latents, μ) or 'rnn' (§5.B network)")]
+    = "reduced",
 ) -> None:
     """Validate a protocol against the interlock limits; optionally dry-run it on the simulator."""
     from controllers.protocol import check_protocol
@@ -303,10 +307,14 @@ def protocol_check(
         from rig.dry_run import dry_run as run_dry
 
         assert result.protocol is not None
-        cfg = default_config(result.protocol, mu_left=mu_left, mu_right=mu_right)
+        if model not in ("reduced", "rnn"):
+            _fail(f"--model {model!r}: expected 'reduced' or 'rnn'", code=1)
+        mouse_kw: dict[str, Any] = {"model": "rnn"} if model == "rnn" else {"mu_left": mu_left, "mu_right": mu_right}
+        cfg = default_config(result.protocol, **mouse_kw)
+        what = "the §5.B RNN" if model == "rnn" else f"μ = {mu_left}, {mu_right}"
         with Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                  TimeRemainingColumn(), console=console, transient=True) as bar:
-            task = bar.add_task(f"dry run on the simulated mouse (μ = {mu_left}, {mu_right})", total=dry_run)
+            task = bar.add_task(f"dry run on the simulated mouse ({what})", total=dry_run)
             res = run_dry(result.protocol, dry_run, config=cfg, seed=seed, limits=limits,
                           progress=lambda done: bar.update(task, completed=done))
         console.print(res.report(), highlight=False)

@@ -53,9 +53,21 @@ class ServiceConfig(BaseModel):
     #: SCHED_FIFO priority of the hot-loop thread and the simulated rig (0 = normal scheduling);
     #: without the privilege rigd runs normally and says so in its status
     realtime_priority: int = Field(10, ge=0, le=99)
+    #: CPU placement: the hot-loop thread and its ZeroMQ I/O thread run on this CPU; rigd's other
+    #: threads and the processes it starts (the simulated rig) are kept off it when another CPU exists
+    loop_cpu: int | None = Field(None, ge=0, description="pin the hot loop to this CPU")
     ui: bool = True
     ui_port: int = Field(0, ge=0, le=65535, description="live view port on 127.0.0.1; 0 → free port")
     live: bool | None = Field(None, description="terminal live view (default: when stdout is a TTY)")
+
+    @field_validator("loop_cpu")
+    @classmethod
+    def _loop_cpu_usable(cls, v: int | None) -> int | None:
+        if v is not None:
+            usable = sorted(os.sched_getaffinity(0))
+            if v not in usable:
+                raise ValueError(f"CPU {v} is not one this process may use; expected one of {usable}")
+        return v
 
     @field_validator("mqtt")
     @classmethod

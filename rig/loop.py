@@ -126,6 +126,8 @@ class HotLoop:
             gives the benchmark an end-to-end measurement on every single loop.
         realtime_priority: if > 0, run the loop thread under SCHED_FIFO at this priority (needs
             CAP_SYS_NICE or root; without it the loop runs at normal priority and says so).
+        loop_cpu: if given, the loop thread and its ZeroMQ I/O thread run on this CPU only (the
+            decoder-refit worker does not); the caller keeps rigd's other threads off it.
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class HotLoop:
         context: zmq.Context[Any] | None = None,
         publish_estimates: bool = False,
         realtime_priority: int = 0,
+        loop_cpu: int | None = None,
     ) -> None:
         if context is None:
             # the hot loop's own context: its I/O thread moves the frames, so under SCHED_FIFO it is
@@ -152,6 +155,8 @@ class HotLoop:
             if realtime_priority > 0 and _may_realtime():
                 context.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
                 context.set(zmq.THREAD_PRIORITY, realtime_priority)
+            if loop_cpu is not None:
+                context.set(zmq.THREAD_AFFINITY_CPU_ADD, loop_cpu)
             self._own_context = True
         else:
             self._own_context = False
@@ -187,7 +192,11 @@ class HotLoop:
         self._dec_n = 0
         self._stop = threading.Event()
         self._all_off_requested = False
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rigd-fit")
+        self.loop_cpu = loop_cpu
+        # the refit worker is started from the loop thread: keep it off the loop's CPU
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rigd-fit",
+                                                           initializer=_use_cpus,
+                                                           initargs=(os.sched_getaffinity(0) - {loop_cpu},))
         self.frames = 0
         self.realtime_priority = realtime_priority
         self.realtime = "off"
@@ -214,6 +223,8 @@ class HotLoop:
     def run(self) -> None:
         """The loop itself (blocks)."""
         self.realtime = _try_realtime(self.realtime_priority)
+        if self.loop_cpu is not None:
+            os.sched_setaffinity(0, {self.loop_cpu})  # this thread only (Linux affinity is per thread)
         # no cyclic-GC pause on the hot path: objects alive at start are frozen out of collection and
         # young-generation collections come rarely (the per-frame chain creates almost no cycles)
         gc.freeze()
@@ -663,6 +674,12 @@ def _may_realtime() -> bool:
     t.start()
     t.join()
     return result[0]
+
+
+def _use_cpus(cpus: set[int]) -> None:
+    """Run the calling thread on ``cpus`` (a no-op when empty: nowhere else to go)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
 
 def _try_realtime(priority: int) -> str:

@@ -101,7 +101,8 @@ class Service:
             rig_ids=set(cfg.rig_ids), parts=parts, recorder=self.recorder,
             telemetry=self.telemetry, counters=self.counters, deadline_ns=int(cfg.deadline_ms * 1e6),
             on_alarm=self._alarm_from_thread, on_trial=self._trial_from_thread,
-            publish_estimates=cfg.publish_estimates, realtime_priority=cfg.realtime_priority)
+            publish_estimates=cfg.publish_estimates, realtime_priority=cfg.realtime_priority,
+            loop_cpu=cfg.loop_cpu)
 
     def _make_decoder(self, desc: dict[str, Any]) -> OnlineDecoder:
         """The online decoder for a rig's units (left hemisphere first, per the wire protocol)."""
@@ -190,6 +191,8 @@ class Service:
         return {
             "state": self.state, "name": self.cfg.name, "pid": os.getpid(), "rig": self.cfg.rig,
             "realtime": self.hot.realtime,
+            "loop_cpu": self.cfg.loop_cpu,
+            "loop_tid": self.hot.thread.native_id if self.hot.thread is not None else None,
             "session_dir": str(self.directory), "started": self.started_wall,
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "trials_done": self.stats.n, "trials_target": self.cfg.trials,
@@ -358,6 +361,12 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
     protocol = load_protocol(cfg.protocol or DEFAULT_PROTOCOL)
     # the hot thread shares the GIL with the event loop and the recorder: hand it back quickly
     sys.setswitchinterval(0.0005)
+    if cfg.loop_cpu is not None:
+        # threads and processes started from here on inherit this: everything but the loop thread
+        # (which pins itself) stays off the loop's CPU
+        others = os.sched_getaffinity(0) - {cfg.loop_cpu}
+        if others:
+            os.sched_setaffinity(0, others)
     directory = (cfg.session_dir / session_name(cfg)).resolve()
     directory.mkdir(parents=True, exist_ok=False)
     svc = Service(cfg, protocol, directory)

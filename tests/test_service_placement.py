@@ -1,0 +1,66 @@
+"""CPU placement: ``rigd start --loop-cpu N`` runs the hot loop (and its ZeroMQ I/O thread) on CPU N
+and keeps every other rigd thread, and the simulated rig it starts, off it (read back from /proc)."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.rigd_process import rigd
+
+
+def _cpus(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _threads(pid: int) -> dict[int, tuple[str, set[int]]]:
+    """tid → (thread name, allowed CPUs) for every thread of ``pid``."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        out[int(task.name)] = (status["Name"].strip(), _cpus(status["Cpus_allowed_list"]))
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="placement needs two CPUs this process may use")
+def test_loop_cpu_pins_the_hot_loop_and_keeps_everything_else_off_it(tmp_path: Path) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    with rigd(tmp_path, "--rig", "sim", "--loop-cpu", str(cpu), name="pin") as r:
+        r.wait_ready()
+        deadline = time.monotonic() + 30
+        st = r.status()
+        while st["frames"] < 200 and time.monotonic() < deadline:  # the sim is up and frames flow
+            time.sleep(0.5)
+            st = r.status()
+        assert st["loop_cpu"] == cpu and st["frames"] >= 200, st
+        threads = _threads(r.proc.pid)
+        on_cpu = {tid: name for tid, (name, cpus) in threads.items() if cpus == {cpu}}
+        # the loop thread and its ZeroMQ context's threads (one I/O thread, the idle reaper), nothing else
+        assert st["loop_tid"] in on_cpu, (st["loop_tid"], threads)
+        zmq_names = sorted(n for tid, n in on_cpu.items() if tid != st["loop_tid"])
+        assert len(zmq_names) == 2 and zmq_names[0].startswith("ZMQbg/IO/") and zmq_names[1] == "ZMQbg/Reaper", threads
+        others = {tid: v for tid, v in threads.items() if tid not in on_cpu}
+        assert others and all(cpu not in cpus for _, cpus in others.values()), threads
+        sims = _children(r.proc.pid)
+        assert sims, "the simulated rig runs as a child process"
+        for child in sims:
+            assert all(cpu not in cpus for _, cpus in _threads(child).values()), _threads(child)
+        assert r.cli("stop", "--name", "pin").returncode == 0
