@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+RNN_DT_S = 0.025  #: step of the §5.B RNN (sim/rnn.py DT_S; repeated here so config imports nothing)
+
 
 class MouseConfig(BaseModel):
     """One simulated mouse (and session day). Units are in the field names.
@@ -26,7 +28,9 @@ class MouseConfig(BaseModel):
 
     # -- bilateral ALM, reduced model (science.md §5.A, [D, sim]) -----------------------------
     #: "reduced": the latent model of §5.A + the Poisson layer of §5.C; "spiking": ALM activity and
-    #: choice from the spiking bilateral network of sim/spiking_alm.py (docs/spiking.md)
+    #: choice from the spiking bilateral network of sim/spiking_alm.py (docs/spiking.md); "rnn": the
+    #: authors' trained two-hemisphere RNN of §5.B (sim/rnn.py, docs/simulator-rnn.md) in place of
+    #: the §5.A latents, 25-ms steps (model_dt_s defaults to 0.025 for it)
     model: Literal["reduced", "spiking", "rnn"] = "reduced"
     backend: Literal["cpu", "lava"] = "cpu"  #: spiking model only: numba CPU or the Lava sidecar
     mu_left: float = Field(default=0.6, ge=0.0, le=1.0, description="modularity μ_L: w = μW, J = (1-μ)W")
@@ -42,6 +46,8 @@ class MouseConfig(BaseModel):
     sensory_amp: float = Field(default=0.6, ge=0.0, le=10.0)  #: A_s
     sensory_noise_sigma: float = Field(default=1.1, ge=0.0, le=10.0)  #: σ_s, shared per trial
     eps_max: float = Field(default=0.9, ge=0.0, le=1.0)  #: cap of latent silencing (§5.A table)
+    #: model="rnn" only: weights file (.npz of sim/rnn.py); None = the shipped modular network
+    rnn_weights: str | None = None
 
     # -- behaviour readout (science.md §5.D) ---------------------------------------------------
     readout_kappa: float = Field(default=3.0, ge=0.0)  #: κ, non-selective output → contralateral licking
@@ -112,6 +118,14 @@ class MouseConfig(BaseModel):
             raise ValueError(f"expected a range (low, high) with 0 <= low <= high, got {v}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rnn_step(cls, data: Any) -> Any:
+        """model="rnn" steps every 25 ms (science.md §5.B): the default model_dt_s for it."""
+        if isinstance(data, dict) and data.get("model") == "rnn" and "model_dt_s" not in data:
+            return {**data, "model_dt_s": RNN_DT_S}
+        return data
+
     @model_validator(mode="after")
     def _grid(self) -> MouseConfig:
         ratio = self.model_dt_s / self.bin_s
@@ -121,9 +135,24 @@ class MouseConfig(BaseModel):
                 f"e.g. bin_s=0.001 with model_dt_s=0.005")
         if self.iti_s[0] < 0.2:
             raise ValueError(f"iti_s low end must be >= 0.2 s, got {self.iti_s}")
+        return self
+
+    @model_validator(mode="after")
+    def _rnn(self) -> MouseConfig:
         if self.model == "rnn":
-            raise ValueError("model='rnn' (science.md §5.B) is not available in this build; "
-                             "use model='reduced'")
+            # the network was trained on the §5.B clock: 25-ms steps, 1.3-s sample, 1.7-s delay,
+            # and it starts 0.1 s before the sample
+            if abs(self.model_dt_s - RNN_DT_S) > 1e-9:
+                raise ValueError(f"model='rnn' steps the §5.B network every 25 ms: model_dt_s must be "
+                                 f"{RNN_DT_S}, got {self.model_dt_s}")
+            if abs(self.sample_s - 1.3) > 1e-9 or abs(self.delay_s - 1.7) > 1e-9:
+                raise ValueError(f"model='rnn': the network was trained with a 1.3-s sample and a 1.7-s delay, "
+                                 f"got sample_s={self.sample_s}, delay_s={self.delay_s}")
+            if self.presample_s < 0.1 - 1e-9:
+                raise ValueError(f"model='rnn': the network starts 0.1 s before the sample; presample_s must "
+                                 f"be >= 0.1, got {self.presample_s}")
+        elif self.rnn_weights is not None:
+            raise ValueError(f"rnn_weights is only used with model='rnn' (model={self.model!r})")
         return self
 
     @model_validator(mode="after")

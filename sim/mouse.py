@@ -4,10 +4,12 @@ This module owns :class:`SimulatedMouse`, the object the live rig process paces 
 dry runs step directly. It runs the task state machine of science.md §1.1 (pre-sample, sample,
 delay, go cue, response window, reward / error timeout / early-lick abort, inter-trial interval),
 the §5.A latent model through :func:`sim.alm.step` with a batch of one (the same code the offline
-generator vectorises), the §5.D readout, the §5.C spiking layer and the rig-side light source with
-its watchdog. Time is the mouse's own rig clock in integer nanoseconds, starting at 0 and advanced
-only by :meth:`SimulatedMouse.step`; the mouse never reads a wall clock and never touches a socket
-(the live process maps its clock onto ``time.monotonic_ns``).
+generator vectorises) — or, with ``MouseConfig(model="rnn")``, the §5.B two-hemisphere RNN through
+:func:`sim.rnn.step` every 25 ms, its readout logits playing the latents' role — the §5.D readout,
+the §5.C spiking layer and the rig-side light source with its watchdog. Time is the mouse's own
+rig clock in integer nanoseconds, starting at 0 and advanced only by :meth:`SimulatedMouse.step`;
+the mouse never reads a wall clock and never touches a socket (the live process maps its clock
+onto ``time.monotonic_ns``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rig import wire
-from sim import alm, behaviour, light
+from sim import alm, behaviour, light, rnn
 from sim.config import MouseConfig
 from sim.drift import units_for_day
 from sim.population import PoissonSampler, RateModel
@@ -99,6 +101,13 @@ class SimulatedMouse:
         self._log_gain = np.zeros((1, 2))
         self._acc = np.zeros(2)  # readout sums of x_L, x_R
         self._acc_eps = np.zeros(2)
+        # §5.B RNN (model="rnn"): its state, batch of one; the latents above are its readout logits
+        self._rnn: rnn.RNNWeights | None = None
+        self._h = np.zeros((1, rnn.N_NEURONS))
+        self._rnn_stim = (0.0, 0.0, 0.0, 0.0)
+        if c.model == "rnn":
+            self._rnn = rnn.load_weights(c.rnn_weights)
+            self._rnn_stim = rnn.stimulus_params(self._rnn)
         # task
         self.phase = Phase.ITI
         self.trial = -1
@@ -149,6 +158,8 @@ class SimulatedMouse:
     @property
     def latent(self) -> tuple[float, float]:
         """The current latent choice coordinates (x_L, x_R) of §5.A (x > 0 ≙ lick-right state).
+
+        With ``model="rnn"`` these are the §5.B network's readout logits (z_L, z_R).
 
         Read-only view for rehearsals and analyses (the "ideal decoder" of a dry run, per-trial
         light-window summaries for the modularity probe); reading it draws no random numbers.
@@ -278,6 +289,9 @@ class SimulatedMouse:
         self._log_gain[0] = sd * rng.standard_normal(2) - 0.5 * sd * sd
         self._x_l[0] = 0.0
         self._x_r[0] = 0.0
+        if self._rnn is not None:
+            self._h[:] = 0.0
+            self._x_l[0], self._x_r[0] = self._rnn.rb_l, self._rnn.rb_r
         self._acc[:] = 0.0
         self._acc_eps[:] = 0.0
         t_sample = self._t_go_ns - round((c.sample_s + c.delay_s) * _NS)
@@ -384,8 +398,10 @@ class SimulatedMouse:
         eff = self._eff
         eps_l = eps_r = 0.0
         if eff is not None:
-            eps_l = float(eff.hemisphere[0] * self._lvl_del[0])
-            eps_r = float(eff.hemisphere[1] * self._lvl_del[1])
+            # the RNN's ε is the uncapped dose-response (ε = 1 is §5.B's h = 0; eps_max is §5.A's cap)
+            hemi = eff.hemisphere if self._rnn is None else np.minimum(eff.hemisphere_uncapped, 1.0)
+            eps_l = float(hemi[0] * self._lvl_del[0])
+            eps_r = float(hemi[1] * self._lvl_del[1])
         self._advance_latent(t_s, eps_l, eps_r, start=start)
         k = (t - self._t_trial_ns) // self.step_ns
         if self.phase == Phase.TRIAL and self._k_go - self._n_ro <= k < self._k_go:
@@ -399,10 +415,37 @@ class SimulatedMouse:
 
     def _advance_latent(self, t_s: float, eps_l: float, eps_r: float, *, start: bool) -> None:
         """Advance the latent state (x_L, x_R) by one model step (not on the initial call)."""
-        if not start:
+        if self._rnn is not None:
+            self._advance_rnn(self._rnn, t_s, eps_l, eps_r)
+        elif not start:
             noise = self._rng.standard_normal(2)
             alm.step(self._p, self._x_l, self._x_r, t_s, evidence=self._evidence, eps_left=eps_l,
                      eps_right=eps_r, noise_left=noise[0:1], noise_right=noise[1:2])
+
+    def _advance_rnn(self, w: rnn.RNNWeights, t_s: float, eps_l: float, eps_r: float) -> None:
+        """One 25-ms step of the §5.B RNN; its state is the one at t_s + 25 ms (sim.rnn's grid).
+
+        The network runs from −3.1 s (the state at t_k = −3.1 s is its first step) through the go
+        cue and the response; between trials and before −3.1 s it rests at h = 0. The draws are
+        sim.offline's per step: stimulus (sample steps), input noise of both hemispheres, recurrent
+        noise.
+        """
+        t_k = t_s + self.config.model_dt_s
+        if t_k < rnn.T_BEGIN_S - 1e-9:  # between trials (t_s = −1e9) or before the network's start
+            self._h[:] = 0.0
+        else:
+            mu_x, sd_x, s_in, s_rec = self._rnn_stim
+            x = 0.0
+            if rnn.T_SAMPLE_S - 1e-9 <= t_k < rnn.T_DELAY_S - 1e-9:
+                x = mu_x * float(self._y[0]) + sd_x * float(self._rng.standard_normal())
+            nin = self._rng.standard_normal(2)
+            nrec = self._rng.standard_normal((1, rnn.N_NEURONS))
+            c = self.config
+            rnn.step(w, self._h, x=x, in_noise_left=nin[0:1], in_noise_right=nin[1:2], rec_noise=nrec,
+                     gain_left=c.sensory_gain_left, gain_right=c.sensory_gain_right, eps_left=eps_l,
+                     eps_right=eps_r, sigma_in=s_in, sigma_rec=s_rec)
+        z_l, z_r = rnn.readout(w, self._h)
+        self._x_l[0], self._x_r[0] = float(z_l[0]), float(z_r[0])
 
     def _set_rates(self, t_s: float, in_trial: bool) -> None:
         """Set the Poisson layer's means for the bins of this model step (§5.C)."""

@@ -1,12 +1,14 @@
 """Offline generation: whole batches of trials at once, through the live mouse's model code.
 
 This module owns the vectorised trial loop: it steps the §5.A latent model (:func:`sim.alm.step`)
-for a batch of trials, applies light through :mod:`sim.light` with the same onset latency, reads
-out choices with :func:`sim.behaviour.decide`, and (for :func:`generate_trialset`) turns rates from
-:class:`sim.population.RateModel` into Poisson counts. The live :class:`sim.mouse.SimulatedMouse`
-runs the same functions with a batch of one, so offline statistics are live statistics. Trials
-here are complete trials (early-lick trials are excluded from analyses anyway, science.md §1.1).
-No clock and no I/O.
+— or, for ``MouseConfig(model="rnn")``, the §5.B two-hemisphere RNN (:func:`sim.rnn.step`, the
+latents being its readout logits) — for a batch of trials, applies light through :mod:`sim.light`
+with the same onset latency, reads out choices with :func:`sim.behaviour.decide`, and (for
+:func:`generate_trialset`, reduced model only) turns rates from :class:`sim.population.RateModel`
+into Poisson counts. The live :class:`sim.mouse.SimulatedMouse` runs the same functions with a
+batch of one, so offline statistics are live statistics. Trials here are complete trials
+(early-lick trials are excluded from analyses anyway, science.md §1.1). No clock and no I/O
+beyond loading the RNN's shipped weights.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from decoders.base import LEFT, RIGHT, TrialSet
-from sim import alm, behaviour, light
+from sim import alm, behaviour, light, rnn
 from sim.config import MouseConfig
 from sim.drift import units_for_day
 from sim.population import RateModel, Units
@@ -210,15 +212,88 @@ def _simulate(c: MouseConfig, n: int, rng: np.random.Generator, *, light_w: Ligh
     return run, counts
 
 
+def _rnn_eps(c: MouseConfig, light_w: LightWindow | None, t_s: FloatArray) -> FloatArray:
+    """(2, n_steps) silencing of each RNN hemisphere at the times of the states ``t_s``.
+
+    ε_h(t) = ε(P) of the hemisphere (dose-response and spatial spread of :func:`sim.light.efficacy`,
+    *not* capped at ``eps_max``, the §5.A model's cap: ε = 1 is the §5.B h = 0) times the silencing
+    envelope (onset latency, ramp-down inside the window) at t.
+    """
+    eps = np.zeros((2, t_s.size))
+    if light_w is None:
+        return eps
+    eff = light.efficacy(c, light_w.power_mw, spots_left=light_w.spots_left, spots_right=light_w.spots_right,
+                         unit_ap_mm=np.zeros(0), unit_ml_mm=np.zeros(0))
+    env = light.silencing_envelope(t_s, light_w.t_on_s, light_w.t_off_s, light_w.ramp_down_s,
+                                   c.silencing_latency_s)
+    for h in (0, 1):
+        eps[h] = min(float(eff.hemisphere_uncapped[h]), 1.0) * env
+    return eps
+
+
+def _simulate_rnn(c: MouseConfig, n: int, rng: np.random.Generator, *, light_w: LightWindow | None,
+                  instructed: npt.NDArray[np.int8] | None, keep: bool) -> LatentRun:
+    """The §5.B RNN for a batch of trials: states at t_k = −3.1 … 0 s, latents = readout logits.
+
+    Per step: the stimulus (sample steps only: N(y · μ_x, σ_x²), the recipe's numbers), the two
+    hemispheres' input noise, the recurrent noise; then light (h_h ← (1 − ε_h) h_h). Behaviour is
+    §5.D on the logits: x̄_h = mean z_h over the states in the last ``readout_window_s`` before the go
+    cue (12 states, t_k ∈ (−0.3, 0]).
+    """
+    w = rnn.load_weights(c.rnn_weights)
+    mu_x, sd_x, s_in, s_rec = rnn.stimulus_params(w)
+    t_s = rnn.STEP_T_S
+    n_steps = t_s.size
+    n_ro = round(c.readout_window_s / c.model_dt_s)
+    y = (instructed if instructed is not None
+         else np.where(rng.random(n) < 0.5, 1, -1)).astype(np.int8)
+    mean_x = mu_x * y.astype(np.float64)
+    eps = _rnn_eps(c, light_w, t_s)
+    h = np.zeros((n, rnn.N_NEURONS))
+    zs_l = np.zeros((n, n_steps), dtype=np.float32) if keep else np.zeros((0, 0), np.float32)
+    zs_r = np.zeros((n, n_steps), dtype=np.float32) if keep else np.zeros((0, 0), np.float32)
+    acc_l = np.zeros(n)
+    acc_r = np.zeros(n)
+    for k in range(n_steps):
+        x = mean_x + sd_x * rng.standard_normal(n) if rnn.SAMPLE_STEPS[k] else 0.0
+        nin = rng.standard_normal((2, n))
+        nrec = rng.standard_normal((n, rnn.N_NEURONS))
+        rnn.step(w, h, x=x, in_noise_left=nin[0], in_noise_right=nin[1], rec_noise=nrec,
+                 gain_left=c.sensory_gain_left, gain_right=c.sensory_gain_right,
+                 eps_left=float(eps[0, k]), eps_right=float(eps[1, k]), sigma_in=s_in, sigma_rec=s_rec)
+        z_l, z_r = rnn.readout(w, h)
+        if keep:
+            zs_l[:, k] = z_l
+            zs_r[:, k] = z_r
+        if k >= n_steps - n_ro:
+            acc_l += z_l
+            acc_r += z_r
+    xbar_l = acc_l / n_ro
+    xbar_r = acc_r / n_ro
+    a_l = 1.0 - float(np.mean(eps[0, n_steps - n_ro:]))
+    a_r = 1.0 - float(np.mean(eps[1, n_steps - n_ro:]))
+    choice = behaviour.decide(c, xbar_left=xbar_l, xbar_right=xbar_r, active_left=np.full(n, a_l),
+                              active_right=np.full(n, a_r), noise=rng.standard_normal(n),
+                              lapse_u=rng.random(n), coin_u=rng.random(n))
+    rt = behaviour.reaction_time_s(c, rng, n)
+    return LatentRun(t_s=t_s.copy(), x_left=zs_l, x_right=zs_r, eps_left=eps[0], eps_right=eps[1],
+                     instructed=y, choice=choice, correct=choice == y, reaction_time_s=rt,
+                     xbar_left=xbar_l, xbar_right=xbar_r, config=c, light=light_w)
+
+
 def run_latent(n_trials: int, seed: int, *, config: MouseConfig | None = None,
                light: LightWindow | None = None, instructed: npt.NDArray[np.int8] | None = None,
                keep_trajectories: bool = True) -> LatentRun:
     """Run the latent model and readout for ``n_trials`` trials of one condition (to the go cue).
 
-    Instructed sides are drawn 50/50 unless given. All trials share the light window.
+    Instructed sides are drawn 50/50 unless given. All trials share the light window. With
+    ``config.model == "rnn"`` the §5.B network runs instead of the §5.A latents (25-ms states from
+    −3.1 s; ``x_left``/``x_right`` are the hemispheres' readout logits).
     """
     c = config or MouseConfig()
     rng = np.random.default_rng(np.random.SeedSequence([seed, _TRIAL_STREAM]))
+    if c.model == "rnn":
+        return _simulate_rnn(c, n_trials, rng, light_w=light, instructed=instructed, keep=keep_trajectories)
     run, _ = _simulate(c, n_trials, rng, light_w=light, instructed=instructed, keep=keep_trajectories,
                        units=None, spike_rng=None, bin_s=c.model_dt_s, t_start_s=c.trial_t0_s,
                        t_end_s=0.0)
@@ -276,6 +351,9 @@ def generate_trialset(
     if config is None or tau_drift_days != 11.0:
         upd["tau_drift_days"] = tau_drift_days
     c = MouseConfig(**{**c.model_dump(), **upd})
+    if c.model == "rnn":
+        raise ValueError("generate_trialset runs the §5.A latents only; for spikes of the §5.B RNN step a "
+                         "SimulatedMouse(MouseConfig(model='rnn'), seed)")
     ratio = bin_s / c.model_dt_s
     if abs(ratio - round(ratio)) > 1e-6 or ratio < 1:
         raise ValueError(f"bin_s={bin_s} must be a whole multiple of model_dt_s={c.model_dt_s}")

@@ -44,8 +44,8 @@ def test_config_accepts_spiking_and_rejects_what_the_network_cannot_run() -> Non
         MouseConfig(model="spiking", bin_s=0.005)
     with pytest.raises(ValueError, match="even"):
         MouseConfig(model="spiking", units_per_hemisphere=41)
-    with pytest.raises(ValueError, match="rnn"):
-        MouseConfig(model="rnn")
+    with pytest.raises(ValueError, match="rnn"):  # the §5.B RNN runs on its own 25-ms clock (sim/rnn.py)
+        MouseConfig(model="rnn", model_dt_s=0.005)
 
 
 def test_spiking_mouse_runs_the_task_and_its_choice_follows_the_network() -> None:
