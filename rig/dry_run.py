@@ -214,11 +214,15 @@ def default_config(proto: Protocol, **overrides: Any) -> MouseConfig:
     """The dry-run mouse: μ = 0.6 unless overridden, 5-ms bins, short ITI and outcome timeouts.
 
     Shorter inter-trial intervals, reward consumption and error timeouts change no statistic of the
-    §5.A/§5.D model (each trial starts from x = 0); they only make the rehearsal faster.
+    §5.A/§5.D model (each trial starts from x = 0) or of the §5.B RNN (each trial starts from
+    h = 0); they only make the rehearsal faster. ``model="rnn"`` runs the §5.B network (25-ms model
+    steps, still 5-ms bins); the μ overrides do not apply to it.
     """
     kw: dict[str, Any] = {"bin_s": 0.005, "model_dt_s": 0.005, "iti_s": (0.3, 0.5),
                           "reward_consumption_s": 0.3, "error_timeout_s": 0.3,
                           "delay_s": proto.spec.session.expects_delay_s}
+    if overrides.get("model") == "rnn":
+        kw["model_dt_s"] = 0.025
     kw.update(overrides)
     return MouseConfig(**kw)
 
@@ -328,7 +332,11 @@ def offline_state_prediction(protocol: Protocol | str | Path, config: MouseConfi
     (time bins ending in (onset − read_window_s, onset]), signed by the instructed side or absolute
     (the protocol's ``state_measure``), split at the median per instructed side (the running
     median's limit). Returns per-state correct fractions, effects (no light − light) and the
-    weak − strong difference with its standard error at ``n_trials`` (paired, so small).
+    weak − strong difference with its standard error at ``n_trials`` (paired, so small); and the
+    neural side of §7.3 per state: the read hemisphere's selectivity (latent × instructed side)
+    averaged over the light window (t in (onset, offset]) without light, with light, their ratio
+    (the state's modularity M) and the paired loss of selectivity with its SE, and the
+    weak − strong difference of that loss. ``config.model`` picks the model ("reduced" or "rnn").
     """
     from sim.offline import LightWindow, run_latent
 
@@ -359,4 +367,18 @@ def offline_state_prediction(protocol: Protocol | str | Path, config: MouseConfi
     out["se_difference"] = math.sqrt(float(d[weak].var()) / weak.sum() + float(d[~weak].var()) / (~weak).sum())
     out["correct_control"] = ctl.accuracy
     out["correct_light"] = lit.accuracy
+    # neural: selectivity of the read (unperturbed) hemisphere over the light window, per state
+    x_lit = lit.x_right if st.perturb == "left" else lit.x_left
+    win = (t > on + 1e-9) & (t <= off + 1e-9)
+    sel_ctl = x_read[:, win].mean(axis=1).astype(np.float64) * y
+    sel_lit = x_lit[:, win].mean(axis=1).astype(np.float64) * y
+    loss = sel_ctl - sel_lit  # paired per trial
+    for name, msk in (("weak", weak), ("strong", ~weak)):
+        out[f"read_selectivity_{name}_no_light"] = float(sel_ctl[msk].mean())
+        out[f"read_selectivity_{name}_light"] = float(sel_lit[msk].mean())
+        out[f"read_m_{name}"] = out[f"read_selectivity_{name}_light"] / out[f"read_selectivity_{name}_no_light"]
+        out[f"read_loss_{name}"] = float(loss[msk].mean())
+        out[f"se_read_loss_{name}"] = math.sqrt(float(loss[msk].var()) / msk.sum())
+    out["read_loss_difference"] = out["read_loss_weak"] - out["read_loss_strong"]
+    out["se_read_loss_difference"] = math.sqrt(out["se_read_loss_weak"] ** 2 + out["se_read_loss_strong"] ** 2)
     return out
