@@ -68,7 +68,7 @@ def start(
     day: Annotated[int | None, typer.Option(help="sim: session day (drift)")] = None,
     bin_ms: Annotated[float | None, typer.Option(help="sim: bin size in ms")] = None,
     iti_s: Annotated[float | None, typer.Option(help="sim: inter-trial interval in s")] = None,
-    model: Annotated[str | None, typer.Option(help="sim model: 'reduced' or 'spiking'")] = None,
+    model: Annotated[str | None, typer.Option(help="sim model: 'reduced', 'spiking' or 'rnn'")] = None,
     backend: Annotated[str | None, typer.Option(help="spiking backend: 'cpu' or 'lava'")] = None,
     decoder: Annotated[str | None, typer.Option(help="decoder name (cd, cd_li, logistic, lda, kalman, gru)")] = None,
     decoder_file: Annotated[Path | None, typer.Option(help="start with this fitted decoder file")] = None,

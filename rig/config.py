@@ -48,7 +48,8 @@ class ServiceConfig(BaseModel):
     day: int = Field(0, ge=0, le=10_000)
     bin_ms: float = Field(1.0, gt=0, le=100)
     iti_s: float | None = Field(None, ge=0, le=60, description="sim inter-trial interval (default: sim's)")
-    model: Literal["reduced", "spiking"] = "reduced"
+    #: sim model: the §5.A reduced model, the spiking network, or the §5.B trained RNN (sim/rnn.py)
+    model: Literal["reduced", "spiking", "rnn"] = "reduced"
     backend: Literal["cpu", "lava"] = "cpu"
     #: SCHED_FIFO priority of the hot-loop thread and the simulated rig (0 = normal scheduling);
     #: without the privilege rigd runs normally and says so in its status

@@ -312,6 +312,8 @@ class Service:
             args += ["--realtime"]
         if c.model == "spiking":
             args += ["--model", "spiking", "--backend", c.backend]
+        elif c.model == "rnn":
+            args += ["--model", "rnn"]
         log_file = open(self.directory / "sim.log", "wb")  # noqa: SIM115 - closed in stop()
         self._sim_log = log_file
         self.sim_proc = await asyncio.create_subprocess_exec(*args, stdout=log_file, stderr=log_file)

@@ -23,7 +23,7 @@ Usage::
     python -m sim.rig_process --ingest tcp://127.0.0.1:5555 --command tcp://127.0.0.1:5556 \\
         --rig-id 1 --seed 7 [--trials N] [--duration S] [--mu-left 0.6] [--mu-right 0.6] \\
         [--units-per-hemisphere 40] [--day 0] [--bin-ms 1] [--config mouse.json] [--no-pace] \\
-        [--model reduced|spiking] [--backend cpu|lava]
+        [--model reduced|spiking|rnn] [--backend cpu|lava]
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--bin-ms", type=float, default=None)
     ap.add_argument("--iti-s", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
     ap.add_argument("--config", default=None, help="JSON file of MouseConfig fields")
-    ap.add_argument("--model", choices=("reduced", "spiking"), default=None,
-                    help="ALM model: the reduced latent model (default) or the spiking network")
+    ap.add_argument("--model", choices=("reduced", "spiking", "rnn"), default=None,
+                    help="ALM model: the reduced latent model (default), the spiking network or the §5.B RNN")
     ap.add_argument("--backend", choices=("cpu", "lava"), default=None,
                     help="spiking model's backend: numba CPU (default) or the Lava sidecar")
     ap.add_argument("--no-pace", action="store_true", help="run as fast as possible (no wall pacing)")

@@ -13,6 +13,9 @@ the live SimulatedMouse stepping the network every 25 ms. Tolerances follow scie
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,10 +26,13 @@ from pydantic import ValidationError
 from controllers.protocol import load_protocol
 from rig import wire
 from rig.dry_run import default_config, offline_state_prediction
+from rig.session import Session
 from sim import rnn
 from sim.config import MouseConfig
 from sim.mouse import SimulatedMouse
 from sim.offline import LightWindow, run_conditions, run_latent
+
+REPO = Path(__file__).resolve().parents[1]
 
 MS = 1_000_000
 
@@ -272,3 +278,20 @@ def test_protocol_check_dry_runs_on_the_rnn_from_the_command_line() -> None:
     assert "dry run of" in r.output and "24 trials" in r.output
     bad = CliRunner().invoke(app, ["protocol", "check", str(STATE), "--dry-run", "4", "--model", "lif"])
     assert bad.exit_code != 0
+
+
+def test_rigd_start_sim_with_the_rnn_mouse_end_to_end(tmp_path: Path) -> None:
+    """``rigd start --rig sim --model rnn``: the live rig runs the §5.B network; the session completes."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime)}
+    cmd = [str(Path(sys.executable).parent / "rigd"), "start", "--rig", "sim", "--model", "rnn", "--trials", "3",
+           "--iti-s", "0.5", "--no-live", "--no-ui", "--session-dir", str(tmp_path / "sessions"), "--seed", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (session,) = list((tmp_path / "sessions").iterdir())
+    s = Session.open(session)
+    assert s.manifest["state"] == "stopped" and s.manifest["trials_done"] == 3, s.manifest
+    assert s.rig_description()["model"] == "rnn"
+    trials = s.trials()
+    assert len(trials) == 3 and all(t["outcome"] in ("hit", "error", "ignore", "early_lick") for t in trials)
