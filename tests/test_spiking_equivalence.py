@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hardware.spiking.cpu import CpuBackend
@@ -110,8 +110,9 @@ def test_random_fixed_point_networks_are_bit_identical_on_cpu_and_lava(lava_batc
     lava_batch.load(net)
     lava = lava_batch.run(n_steps, inputs)
     assert_identical(net, cpu, lava)
-    # the random networks are not trivially silent: some neuron spikes somewhere
-    assert sum(int(s.sum()) for s in cpu.spikes.values()) > 0
+    # an example counts only if some neuron spikes somewhere (an all-silent draw proves little and is
+    # discarded; if most draws were silent, hypothesis would fail the test as filtering too much)
+    assume(sum(int(s.sum()) for s in cpu.spikes.values()) > 0)
 
 
 def test_saturation_and_wrap_paths_are_bit_identical(lava_batch: LavaBackend) -> None:
