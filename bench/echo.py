@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-HEADER = struct.Struct("<4sHHBBHIIIIQqqI")
-#: payload dtype codes of rig.wire.DType
-_NP = {1: np.uint8, 2: np.uint16, 3: np.int16, 4: np.int32, 5: np.uint32, 6: np.float32, 7: np.float64, 8: np.int64}
+from rig import wire
+
+HEADER = wire.HEADER
 
 
 def main() -> None:
@@ -57,6 +56,7 @@ def main() -> None:
     internal = np.zeros(1 << 21, dtype=np.float32)  # recv → send, µs, one per echoed frame
     n = 0
     seq = 0
+    np_dtypes = {int(d): wire.np_dtype(d) for d in wire.DType if d != wire.DType.NONE}
     cd: dict[int, np.ndarray[Any, Any]] = {}  # coding direction per payload length (bare prototype)
     stop = {"now": False}
 
@@ -83,7 +83,7 @@ def main() -> None:
                 out[1] = f[11]
                 out[2] = f[12]
                 if a.project:
-                    x = np.frombuffer(p.buffer, dtype=_NP.get(f[3], np.uint8))
+                    x = np.frombuffer(p.buffer, dtype=np_dtypes[f[3]])
                     w = cd.get(x.size)
                     if w is None:
                         w = cd[x.size] = np.random.default_rng(0).normal(size=x.size)

@@ -40,14 +40,20 @@ def _port() -> int:
 
 TRANSPORT = {"kind": "tcp"}
 #: CPU placement (``--pin``): the loop under test (echo or rigd) on the last CPU, the rig loads on the others
-PIN: dict[str, list[str]] = {"loop": [], "rigs": []}
+PIN: dict[str, int | None] = {"cpu": None}
 
 
 def _set_pinning(on: bool) -> None:
     n = os.cpu_count() or 1
-    if on and n >= 2:
-        PIN["loop"] = ["taskset", "-c", str(n - 1)]
-        PIN["rigs"] = ["taskset", "-c", f"0-{n - 2}"]
+    PIN["cpu"] = n - 1 if on and n >= 2 else None
+
+
+def _taskset(loop: bool) -> list[str]:
+    """``taskset`` prefix placing a process on the loop's CPU (``loop``) or on the others; [] unpinned."""
+    cpu = PIN["cpu"]
+    if cpu is None:
+        return []
+    return ["taskset", "-c", str(cpu) if loop else f"0-{cpu - 1}"]
 
 
 def _endpoints() -> tuple[str, str]:
@@ -76,7 +82,7 @@ def run_loads(ingest: str, command: str, mode: str, units: int, seconds: float, 
                 "--units", str(units), "--seconds", str(seconds), "--rig-id", str(r + 1)]
         if raw_channels:
             args += ["--raw-channels", str(raw_channels)]
-        procs.append(subprocess.Popen(PIN["rigs"] + args, stdout=subprocess.PIPE, text=True, cwd=REPO))
+        procs.append(subprocess.Popen(_taskset(loop=False) + args, stdout=subprocess.PIPE, text=True, cwd=REPO))
     out = []
     for p in procs:
         stdout, _ = p.communicate(timeout=seconds + 120)
@@ -98,7 +104,7 @@ def floor(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: in
     stats = tmp / f"echo-{units}-{rigs}-{raw_channels}-{int(project)}.json"
     args = [PY, "-m", "bench.echo", "--ingest", ingest, "--command", command, "--seconds", str(seconds + 60),
             "--realtime-priority", str(_rigd_realtime_priority()), "--stats", str(stats)]
-    echo = subprocess.Popen(PIN["loop"] + args + (["--project"] if project else []), cwd=REPO)
+    echo = subprocess.Popen(_taskset(loop=True) + args + (["--project"] if project else []), cwd=REPO)
     try:
         time.sleep(0.5)
         loads = run_loads(ingest, command, "floor", units, seconds, rigs, raw_channels)
@@ -119,7 +125,7 @@ def rigd(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: int
     runtime = tmp / "runtime"
     env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime)}
     log = open(tmp / f"rigd-{units}-{rigs}.log", "w")  # noqa: SIM115
-    pin = ["--loop-cpu", PIN["loop"][-1]] if PIN["loop"] else []  # rigd places its own threads
+    pin = [] if PIN["cpu"] is None else ["--loop-cpu", str(PIN["cpu"])]  # rigd places its own threads
     proc = subprocess.Popen([RIGD, "start", *pin, "--rig", "external", "--config", str(cfg), "--ingest", ingest,
                              "--command", command, "--publish-estimates", "--decoder-file", str(dec),
                              "--session-dir", str(tmp / "sessions"), "--no-ui", "--no-live", "--name", "bench"],

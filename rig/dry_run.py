@@ -218,11 +218,9 @@ def default_config(proto: Protocol, **overrides: Any) -> MouseConfig:
     h = 0); they only make the rehearsal faster. ``model="rnn"`` runs the §5.B network (25-ms model
     steps, still 5-ms bins); the μ overrides do not apply to it.
     """
-    kw: dict[str, Any] = {"bin_s": 0.005, "model_dt_s": 0.005, "iti_s": (0.3, 0.5),
+    kw: dict[str, Any] = {"bin_s": 0.005, "iti_s": (0.3, 0.5),  # model_dt_s: the model's own default
                           "reward_consumption_s": 0.3, "error_timeout_s": 0.3,
                           "delay_s": proto.spec.session.expects_delay_s}
-    if overrides.get("model") == "rnn":
-        kw["model_dt_s"] = 0.025
     kw.update(overrides)
     return MouseConfig(**kw)
 

@@ -196,7 +196,8 @@ class HotLoop:
         # the refit worker is started from the loop thread: keep it off the loop's CPU
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rigd-fit",
                                                            initializer=_use_cpus,
-                                                           initargs=(os.sched_getaffinity(0) - {loop_cpu},))
+                                                           initargs=(set() if loop_cpu is None else
+                                                                     os.sched_getaffinity(0) - {loop_cpu},))
         self.frames = 0
         self.realtime_priority = realtime_priority
         self.realtime = "off"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from controllers.protocol import load_protocol
-from rig.dry_run import default_config, dry_run, offline_state_prediction, wilson
+from rig.dry_run import DryRunResult, default_config, dry_run, offline_state_prediction, wilson
 from sim import analysis
 from sim.config import MouseConfig
 from sim.offline import run_conditions
@@ -72,16 +72,26 @@ def test_sim_modularity_reference_matches_science_table() -> None:
     assert _sim_modularity(0.7, 0.35) == pytest.approx((0.94, 0.60), abs=0.02)
 
 
+def _chen2021_dry_run(mu_left: float, mu_right: float, seed: int,
+                      targets: dict[str, float]) -> tuple[DryRunResult, tuple[float, float]]:
+    """400 dry-run trials of the Chen 2021 protocol on a μ mouse; per-condition performance within
+    tolerance of the §5.A table's ``targets``. Returns the result and the simulator's (M_L, M_R)."""
+    proto = load_protocol(CHEN)
+    r = dry_run(proto, 400, seed=seed, config=default_config(proto, mu_left=mu_left, mu_right=mu_right))
+    print(r.report())
+    m_sim = _sim_modularity(mu_left, mu_right)
+    print(f"simulator (offline, 3,000 trials/condition): M_L = {m_sim[0]:.3f}, M_R = {m_sim[1]:.3f}")
+    for cond, target in targets.items():
+        n = r.performance[cond]["n"]
+        assert r.performance[cond]["correct"] == pytest.approx(target, abs=_tol(target, n)), (cond, n)
+    return r, m_sim
+
+
 @pytest.mark.slow
 def test_chen2021_bilateral_near_chance_unilateral_near_control_and_probe_recovers_m() -> None:
-    r = dry_run(CHEN, 400, seed=1, config=default_config(load_protocol(CHEN)))
+    r, m_sim = _chen2021_dry_run(0.6, 0.6, 1, {"control": 0.81, "left_alm": 0.81, "right_alm": 0.81,
+                                               "bilateral_alm": 0.51})
     p = r.performance
-    print(r.report())
-    m_sim = _sim_modularity(0.6, 0.6)
-    print(f"simulator (offline, 3,000 trials/condition): M_L = {m_sim[0]:.3f}, M_R = {m_sim[1]:.3f}")
-    for cond, target in (("control", 0.81), ("left_alm", 0.81), ("right_alm", 0.81), ("bilateral_alm", 0.51)):
-        n = p[cond]["n"]
-        assert p[cond]["correct"] == pytest.approx(target, abs=_tol(target, n)), (cond, n)
     # bilateral below the unilateral conditions pooled (≈ 66 vs 33 trials: SE of the gap ≈ 0.10)
     uni = (p["left_alm"]["correct"] * p["left_alm"]["n"] + p["right_alm"]["correct"] * p["right_alm"]["n"]) / (
         p["left_alm"]["n"] + p["right_alm"]["n"])
@@ -97,15 +107,9 @@ def test_chen2021_bilateral_near_chance_unilateral_near_control_and_probe_recove
 def test_chen2021_asymmetric_mouse_shows_deficit_when_modular_side_is_silenced() -> None:
     # μ = (0.7, 0.35): silencing the left (modular) hemisphere leaves the driven right one
     # (μ_R = 0.35) without selectivity → 0.71 vs 0.81 for right PI (§5.A table)
-    proto = load_protocol(CHEN)
-    r = dry_run(proto, 400, seed=2, config=default_config(proto, mu_left=0.7, mu_right=0.35))
+    r, m_sim = _chen2021_dry_run(0.7, 0.35, 2, {"control": 0.81, "left_alm": 0.71, "right_alm": 0.81,
+                                                "bilateral_alm": 0.50})
     p = r.performance
-    print(r.report())
-    m_sim = _sim_modularity(0.7, 0.35)
-    print(f"simulator (offline, 3,000 trials/condition): M_L = {m_sim[0]:.3f}, M_R = {m_sim[1]:.3f}")
-    for cond, target in (("control", 0.81), ("left_alm", 0.71), ("right_alm", 0.81), ("bilateral_alm", 0.50)):
-        n = p[cond]["n"]
-        assert p[cond]["correct"] == pytest.approx(target, abs=_tol(target, n)), (cond, n)
     # behaviour: the deficit is on the modular side's photoinhibition (point estimate: at n ≈ 33 per
     # condition the 0.10 gap is ≈ 1 SE, so only its direction is asserted)
     assert p["left_alm"]["correct"] < p["right_alm"]["correct"]

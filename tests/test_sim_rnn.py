@@ -83,7 +83,8 @@ def test_shipped_weights_follow_the_recipe_and_reach_the_recorded_validation_acc
 
 
 def test_numpy_forward_is_the_training_forward() -> None:
-    torch = pytest.importorskip("torch")
+    import torch  # a declared dependency: always there
+
     w = rnn.load_weights()
     recipe = rnn.Recipe()
     x, _ = rnn.make_split(recipe, "test")
@@ -127,7 +128,6 @@ def test_modular_network_is_robust_to_unilateral_but_not_bilateral_perturbation(
 
 
 def test_recipe_is_deterministic_from_the_seed_and_modular_training_freezes_the_callosum() -> None:
-    pytest.importorskip("torch")
     r = rnn.Recipe(seed=3, n_train=128, batch=64, n_val=64, n_test=32, epochs=1, max_batches=2, lr=1e-3)
     a, b = rnn.train(r), rnn.train(r)
     c = rnn.train(rnn.Recipe(**{**asdict(r), "seed": 4}))
