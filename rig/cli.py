@@ -101,8 +101,12 @@ def start(
     except (OSError, ValueError) as exc:
         _fail(str(exc))
         return
-    if cfg.protocol is not None and not cfg.protocol.exists():
-        _fail(f"--protocol {cfg.protocol}: no such file")
+    if cfg.protocol is not None:
+        import protocols
+
+        cfg.protocol = protocols.resolve(cfg.protocol)
+        if not cfg.protocol.exists():
+            _fail(f"--protocol {cfg.protocol}: no such file, nor a shipped protocol ({', '.join(protocols.shipped())})")
     if cfg.rig == "sim" and cfg.trials is None and cfg.duration_s is None:
         console.print("no --trials or --duration: running until Ctrl-C or `rigd stop`")
     from rig import supervisor
@@ -273,9 +277,20 @@ def export_nwb(
     console.print(f"wrote {path}")
 
 
+@protocol_app.command("list")
+def protocol_list() -> None:
+    """List the protocols shipped with rigd (usable by name wherever a protocol file is taken)."""
+    import protocols
+
+    for name, path in protocols.shipped().items():
+        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        default = " (default of rigd start)" if name == protocols.DEFAULT else ""
+        console.print(f"{name}{default}\t{path}\t{first}", highlight=False, soft_wrap=True)
+
+
 @protocol_app.command("check")
 def protocol_check(
-    file: Annotated[Path, typer.Argument(help="protocol file (TOML or YAML)")],
+    file: Annotated[Path, typer.Argument(help="protocol file (TOML or YAML), or a shipped protocol's name")],
     dry_run: Annotated[int | None, typer.Option("--dry-run", help="also run N trials on the simulated mouse")] = None,
     calibration: Annotated[Path | None, typer.Option(help="rig light calibration file")] = None,
     seed: Annotated[int, typer.Option(help="seed of the simulated mouse")] = 0,
@@ -285,11 +300,13 @@ def protocol_check(
     = "reduced",
 ) -> None:
     """Validate a protocol against the interlock limits; optionally dry-run it on the simulator."""
+    import protocols
     from controllers.protocol import check_protocol
     from hardware.calibration import load_calibration
 
+    file = protocols.resolve(file)
     if not file.exists():
-        _fail(f"{file}: no such file", code=1)
+        _fail(f"{file}: no such file, nor a shipped protocol ({', '.join(protocols.shipped())})", code=1)
     try:
         limits = load_calibration(calibration).safety_limits()
     except (OSError, ValueError) as exc:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+import protocols
 from controllers.base import Controller
 from controllers.protocol import Protocol, build_controller, check_protocol, load_protocol
 from controllers.trial_state import TrialTracker
@@ -49,7 +50,7 @@ from rig.telemetry import FIELDS as TELEMETRY_FIELDS
 from rig.telemetry import LoopTelemetry
 
 #: the protocol `rigd start` runs when none is given (science.md §7.1)
-DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "protocols" / "chen2021_early_delay.toml"
+DEFAULT_PROTOCOL = protocols.shipped()[protocols.DEFAULT]
 POOL_BUDGET_BYTES = 512 * 1024 * 1024  #: memory for the decoder's calibration pool
 PACKAGES = ("rigd", "numpy", "numba", "pyzmq", "aiomqtt", "amqtt", "pydantic", "pynwb", "torch")
 
