@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rig import wire
+from rig.conditions import trial_condition
 from rig.session import RIGD_RIG_ID
 
 NS = 1_000_000_000
@@ -317,13 +318,14 @@ class LiveState:
         typ = obj.get("type")
         if typ == "trial":
             self.trials_done += 1
-            cond = str(obj.get("condition") or "control")
+            cond = trial_condition(obj)  # the light delivered, not the plan (a refused perturbation is no light)
             c = self.outcomes[cond]
             c["n"] += 1
             c[str(obj.get("outcome", "unknown"))] += 1
             light = obj.get("light") or {}
             self.recent_trials.append({
-                "trial": obj.get("trial"), "condition": cond, "instructed": obj.get("instructed"),
+                "trial": obj.get("trial"), "condition": cond, "planned": obj.get("condition") or "control",
+                "instructed": obj.get("instructed"),
                 "choice": obj.get("choice"), "outcome": obj.get("outcome"),
                 "light": light.get("status") if light else None,
                 "refused": list(obj.get("refused") or [])})

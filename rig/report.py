@@ -34,13 +34,13 @@ from scipy import stats
 
 from hardware.calibration import default_limits
 from rig import wire
+from rig.conditions import CONDITIONS, NOT_DELIVERED, canonical_condition, delivered_condition, trial_condition
 from rig.session import Session
 from rig.telemetry import FIELDS
 from sim import analysis
 
 FloatArray = npt.NDArray[np.float64]
 NS = 1e9
-CONDITIONS = ("control", "left", "right", "bilateral")
 COLOURS = {"control": "#222222", "left": "#1a73e8", "right": "#d93025", "bilateral": "#8e44ad"}
 OTHER = {"left": "right", "right": "left"}
 FIG_SIZE_IN = (9.0, 4.5)
@@ -147,30 +147,12 @@ class ReportData:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def canonical_condition(name: str | None) -> str:
-    """Map a protocol's condition label ("left_alm", "bilateral", None…) onto the four of Chen 2021."""
-    s = str(name or "control").lower()
-    if "bilat" in s or "both" in s:
-        return "bilateral"
-    if "left" in s:
-        return "left"
-    if "right" in s:
-        return "right"
-    return "control" if s in ("control", "none", "", "ctrl") else s
-
-
 def _popcount(x: int) -> int:
     return bin(int(x)).count("1")
 
 
 def _side(x: Any) -> int:
     return {"right": 1, "left": -1}.get(str(x), 0)
-
-
-def _delivered(hemisphere: str, status: str, planned: str) -> str:
-    if hemisphere in ("left", "right", "bilateral") and status not in ("late", "invalid", "watchdog_off"):
-        return hemisphere
-    return "control" if planned == "control" else "not_delivered"
 
 
 def _limits_dict(limits: Any) -> dict[str, Any]:
@@ -204,13 +186,9 @@ def load_session(session_dir: Path, steps: _Steps) -> ReportData:
         if k not in go:
             continue
         light = tr.get("light") or {}
-        planned = canonical_condition(tr.get("condition"))
         status = str(light.get("status", "none")) if light else "none"
-        cond = (
-            _delivered(str(light.get("hemisphere", "none")), status, planned)
-            if light
-            else ("control" if planned == "control" else "not_delivered")
-        )
+        planned = canonical_condition(tr.get("condition"))
+        cond = trial_condition(tr)
         trials.append(
             Trial(
                 trial=k,
@@ -348,11 +326,7 @@ def load_nwb(path: Path, steps: _Steps) -> ReportData:
             power = float(r.get("photostim_power", 0.0))
             spots = 0b1111  # the trials table has no spot masks: 4 spots per lit hemisphere (§3.1)
             lit = power > 0 and planned in ("left", "right", "bilateral")
-            cond = (
-                _delivered(planned, status, planned)
-                if lit
-                else ("control" if planned == "control" else "not_delivered")
-            )
+            cond = delivered_condition(planned, planned if lit else None, status)
             onset = float(r.get("photostim_onset", np.nan))
             trials.append(
                 Trial(
@@ -700,7 +674,7 @@ def _no_data(path: Path, title: str, why: str) -> str:
 def figure_performance(res: dict[str, Any], path: Path) -> str:
     """Fraction correct per condition with Wilson 95 % intervals."""
     perf: dict[str, analysis.Performance] = res["performance"]
-    conds = [c for c in (*CONDITIONS, "not_delivered") if c in perf]
+    conds = [c for c in (*CONDITIONS, NOT_DELIVERED) if c in perf]
     if not conds:
         return _no_data(path, "Performance per condition", "no completed trials")
     fig = Figure(figsize=FIG_SIZE_IN)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import os
@@ -133,6 +134,7 @@ class Publisher(threading.Thread):
             )
             condition = ("control", "left", "right", "bilateral")[trial % 4]
             light_done = condition == "control"
+            light_info: dict[str, str] | None = None  # what rigd's trial summary says of the light
             dec_rows: list[list[float]] = []
             t_end = t_go + 3 * NS // 10
             while (now := time.monotonic_ns()) < t_end and not self.stop_flag.is_set():
@@ -197,6 +199,7 @@ class Publisher(threading.Thread):
                         )
                         self._put(wire.Kind.LIGHT_ACK, ack.pack(), now + 400_000, stream=2)
                         self.svc.telemetry.add_e2e(400.0)
+                        light_info = {"hemisphere": condition, "status": "applied"}
                         cmd_id += 1
                 if len(dec_rows) >= 40:
                     rec.put_message(wire.Kind.DECODER_OUTPUT, np.array(dec_rows), now)
@@ -217,7 +220,7 @@ class Publisher(threading.Thread):
                     "outcome": outcome,
                     "choice": choice,
                     "condition": condition,
-                    "light": None,
+                    "light": light_info,
                     "refused": ["max_power_mw_per_spot"]
                     if trial >= self.refuse_from_trial and condition != "control"
                     else [],
@@ -390,6 +393,10 @@ async def test_live_state_follows_the_recorded_session(bench: tuple[BenchService
     assert state.trials_done == len(session.trials()) >= 3
     table = snap["outcomes"]
     assert sum(int(r["n"]) for r in table.values()) == state.trials_done
+    # trials count under the light delivered: a refused perturbation is "not_delivered", not its plan
+    want = collections.Counter("not_delivered" if t["refused"] else t["condition"] for t in session.trials())
+    assert {c: int(r["n"]) for c, r in table.items()} == dict(want)
+    assert want["not_delivered"] >= 1 and sum(want[c] for c in ("left", "right", "bilateral")) >= 1
     assert state.light_commands == len(session.light_commands()) >= 1
     assert state.n_refusals == len([a for a in session.alarms() if a.get("alarm") == "light_refused"]) >= 1
     assert all(a["refusal"] for a in snap["alarms"])

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from rig import wire
-from rig.report import BIN_S, WINDOW_S, bin_by_trial, canonical_condition, load_session, write_report
+from rig.conditions import canonical_condition
+from rig.report import BIN_S, WINDOW_S, bin_by_trial, load_session, write_report
 from rig.session import MANIFEST_NAME, Recorder, Session, write_json_atomic
 from rig.telemetry import FIELDS
 from sim import analysis

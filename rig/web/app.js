@@ -202,7 +202,7 @@ function renderTables(u) {
 
   const rb = $("recent").tBodies[0];
   rb.innerHTML = (u.recent_trials || []).slice().reverse().map((t) =>
-    `<tr><td>${t.trial}</td><td>${esc(t.condition)}</td><td>${esc(t.instructed)}</td><td>${esc(t.choice ?? "–")}</td>` +
+    `<tr><td>${t.trial}</td><td>${esc(t.condition)}${t.condition === "not_delivered" ? " (planned " + esc(t.planned) + ")" : ""}</td><td>${esc(t.instructed)}</td><td>${esc(t.choice ?? "–")}</td>` +
     `<td class="${esc(t.outcome)}">${esc(t.outcome)}</td><td>${esc(t.light ?? "–")}</td>` +
     `<td${t.refused.length ? ' class="error"' : ""}>${esc(t.refused.join(", ") || "–")}</td></tr>`).join("");
 
