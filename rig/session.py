@@ -7,8 +7,9 @@ acks, decoder outputs, alarms, trial summaries, telemetry), each as one record::
 
     record header "<IIqI": header_len | flags, payload_len, t_local_ns (rigd monotonic), crc32
     then the 56-byte wire header and the payload, exactly as on the wire — except that payloads
-    of 4 KiB or more are stored lz4-compressed (flag bit 31 of the first field; the wire header's
-    payload_nbytes keeps the original size), which makes 100,000-unit sessions ~30× smaller
+    of 4 KiB or more are stored lz4-compressed where that makes them smaller (flag bit 31 of the
+    first field; the wire header's payload_nbytes keeps the original size), which makes
+    100,000-unit sessions ~30× smaller
 
 The recorder never blocks the hot path: ``put`` appends to a bounded in-memory queue that a
 writer thread drains with ``os.write`` at least every flush interval (so ``kill -9`` loses at
@@ -149,8 +150,9 @@ class Recorder:
                 self._tap(hb, pb, t)
             flags = 0
             if len(pb) >= COMPRESS_MIN_BYTES:
-                pb = lz4.block.compress(pb, store_size=False)
-                flags = COMPRESSED
+                z = lz4.block.compress(pb, store_size=False)
+                if len(z) < len(pb):  # noise-like data (raw voltage) stays as it came: smaller, read faster
+                    pb, flags = z, COMPRESSED
             crc = zlib.crc32(pb, zlib.crc32(hb))
             parts.append(RECORD.pack(len(hb) | flags, len(pb), t, crc))
             parts.append(hb)

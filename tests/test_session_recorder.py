@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rig import wire
-from rig.session import LOG_NAME, Recorder, Session
+from rig.session import COMPRESSED, LOG_NAME, RECORD, Recorder, Session
 
 WRITER = textwrap.dedent("""
     import sys, time
@@ -87,3 +87,31 @@ def test_large_frames_are_stored_compressed_and_read_back_identically(tmp_path: 
     np.testing.assert_array_equal(counts, np.stack(frames))
     r = list(s.records(wire.Kind.SPIKE_COUNTS))[7]
     np.testing.assert_array_equal(wire.payload_array(r.header, r.payload), frames[7])
+
+
+def test_incompressible_frames_are_stored_as_they_came(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    noise = [rng.integers(-2**15, 2**15, (30, 384), dtype=np.int16) for _ in range(20)]  # raw-voltage-like
+    sparse = rng.poisson(0.005, 100_000).astype(np.uint8)
+    rec = Recorder(tmp_path)
+    for i, c in enumerate([*noise, sparse]):
+        kind = wire.Kind.SPIKE_COUNTS if c is sparse else wire.Kind.RAW_SAMPLES
+        h, p = wire.encode(kind, c, rig_id=1, seq=i, t_rig_ns=i, t_send_ns=i)
+        rec.put(h, p, i)
+    rec.close()
+    s = Session.open(tmp_path)
+    assert s.bad_records == 0 and s.verify() == 0
+    raws = list(s.records(wire.Kind.RAW_SAMPLES))
+    assert len(raws) == 20
+    for r, c in zip(raws, noise, strict=True):
+        np.testing.assert_array_equal(wire.payload_array(r.header, r.payload), c)
+    # in the log itself: the noise payloads stored raw (no flag, no lz4 expansion), the sparse one compressed
+    data, off, stored = (tmp_path / LOG_NAME).read_bytes(), 0, []
+    while off < len(data):
+        hl, pl, _, _ = RECORD.unpack_from(data, off)
+        stored.append((bool(hl & COMPRESSED), pl))
+        off += RECORD.size + (hl & ~COMPRESSED) + pl
+    assert stored[:20] == [(False, noise[0].nbytes)] * 20
+    assert stored[20][0] and stored[20][1] < sparse.nbytes // 10
+    (r,) = s.records(wire.Kind.SPIKE_COUNTS)
+    np.testing.assert_array_equal(wire.payload_array(r.header, r.payload), sparse)
