@@ -42,7 +42,7 @@ def test_wheel_ships_runtime_files_and_finds_the_default_protocol(tmp_path: Path
                          check=True, timeout=120).stdout.split()
     assert Path(out[0]).is_relative_to(target) and Path(out[1]).is_relative_to(target) and out[2] == "True"
     # a shipped protocol by name, checked by the installed rigd
-    cli = "import sys; from rig.cli import app; sys.argv[0] = 'rigd'; app()"
+    cli = "import sys; from rig.cli import main; sys.argv[0] = 'rigd'; main()"
     chk = subprocess.run([sys.executable, "-c", cli, "protocol", "check", "state_triggered"], env=env, cwd=run,
                          capture_output=True, text=True, timeout=300)
     assert chk.returncode == 0, chk.stdout + chk.stderr
