@@ -9,6 +9,8 @@ thread and its own ZeroMQ I/O thread under SCHED_FIFO), so the comparison is lik
 times its own recv → send on every frame (the transport's share of rigd's "internal" time) and
 writes the percentiles to ``--stats`` when terminated. With ``--project`` it is the bare
 prototype loop of issue 7: a numpy coding-direction projection of the counts before replying.
+With ``--poll-ahead-us`` it waits for frames as rigd does with ``--poll-ahead-us``: asleep until
+that long before the predicted next frame, then polling (yielding the CPU) until it comes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--realtime-priority", type=int, default=0, help="SCHED_FIFO priority, as rigd's loop")
     ap.add_argument("--project", action="store_true", help="bare prototype: project the counts on a CD first")
+    ap.add_argument("--poll-ahead-us", type=int, default=0, help="poll-ahead window, as rigd's")
     ap.add_argument("--stats", type=Path, help="write recv → send percentiles (µs) here at exit")
     a = ap.parse_args()
     ctx: Any = zmq.Context(io_threads=1)
@@ -67,8 +71,20 @@ def main() -> None:
     end = time.monotonic() + a.seconds
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
+    ahead = a.poll_ahead_us * 1000
+    fd = int(sub.getsockopt(zmq.FD))
+    t_last = period = 0
     while time.monotonic() < end and not stop["now"]:
-        if not poller.poll(100):
+        if ahead:  # as rig/loop.py's HotLoop._poll_ahead, for one rig
+            if not sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                now = time.monotonic_ns()
+                t_next = t_last + period
+                if period and t_next - ahead <= now < t_next + ahead:
+                    os.sched_yield()
+                else:
+                    select.select([fd], [], [], min((t_next - ahead - now) * 1e-9, 0.01) if now < t_next else 0.01)
+                continue
+        elif not poller.poll(100):
             continue
         while True:
             try:
@@ -76,6 +92,9 @@ def main() -> None:
             except zmq.Again:
                 break
             t_recv = time.monotonic_ns()
+            if ahead and t_recv - t_last < 50_000_000:
+                period += (t_recv - t_last - period) >> 4 if period else t_recv - t_last
+            t_last = t_recv
             f = HEADER.unpack(h.buffer)
             kind = f[2]
             if kind in (1, 3):  # counts / raw: echo like rigd's estimate

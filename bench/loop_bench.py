@@ -41,6 +41,8 @@ def _port() -> int:
 TRANSPORT = {"kind": "tcp"}
 #: CPU placement (``--pin``): the loop under test (echo or rigd) on the last CPU, the rig loads on the others
 PIN: dict[str, int | None] = {"cpu": None}
+#: poll-ahead window (µs) for rigd (``--poll-ahead``) and, with ``--poll-ahead-floor``, for the echo too
+POLL_AHEAD = {"rigd": 0, "floor": 0}
 
 
 def _set_pinning(on: bool) -> None:
@@ -104,6 +106,8 @@ def floor(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: in
     stats = tmp / f"echo-{units}-{rigs}-{raw_channels}-{int(project)}.json"
     args = [PY, "-m", "bench.echo", "--ingest", ingest, "--command", command, "--seconds", str(seconds + 60),
             "--realtime-priority", str(_rigd_realtime_priority()), "--stats", str(stats)]
+    if POLL_AHEAD["floor"]:
+        args += ["--poll-ahead-us", str(POLL_AHEAD["floor"])]
     echo = subprocess.Popen(_taskset(loop=True) + args + (["--project"] if project else []), cwd=REPO)
     try:
         time.sleep(0.5)
@@ -126,6 +130,8 @@ def rigd(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: int
     env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime)}
     log = open(tmp / f"rigd-{units}-{rigs}.log", "w")  # noqa: SIM115
     pin = [] if PIN["cpu"] is None else ["--loop-cpu", str(PIN["cpu"])]  # rigd places its own threads
+    if POLL_AHEAD["rigd"]:
+        pin += ["--poll-ahead-us", str(POLL_AHEAD["rigd"])]
     proc = subprocess.Popen([RIGD, "start", *pin, "--rig", "external", "--config", str(cfg), "--ingest", ingest,
                              "--command", command, "--publish-estimates", "--decoder-file", str(dec),
                              "--session-dir", str(tmp / "sessions"), "--no-ui", "--no-live", "--name", "bench"],
@@ -241,11 +247,17 @@ def main() -> None:
                     help="also run the bare prototype loop (pyzmq + numpy CD projection) at this unit count")
     ap.add_argument("--pin", action="store_true",
                     help="CPU placement: the loop under test on the last CPU, the rig processes on the others")
+    ap.add_argument("--poll-ahead", type=int, default=0, metavar="US",
+                    help="rigd polls for each predicted frame from US µs before it (rigd start --poll-ahead-us)")
+    ap.add_argument("--poll-ahead-floor", action="store_true",
+                    help="give the raw echo floor (and the bare prototype) the same poll-ahead")
     ap.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                     help="tcp://127.0.0.1 (default) or ipc:// (Unix sockets, one host)")
     a = ap.parse_args()
     TRANSPORT["kind"] = a.transport
     _set_pinning(a.pin)
+    POLL_AHEAD["rigd"] = a.poll_ahead
+    POLL_AHEAD["floor"] = a.poll_ahead if a.poll_ahead_floor else 0
     rows = []
     proto_text = ""
     loads = [os.getloadavg()[0]]

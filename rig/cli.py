@@ -79,6 +79,9 @@ def start(
     command: Annotated[str | None, typer.Option(help="command endpoint to bind")] = None,
     realtime_priority: Annotated[int | None, typer.Option(help="SCHED_FIFO priority of the loop (0: off)")] = None,
     loop_cpu: Annotated[int | None, typer.Option(help="run the hot loop on this CPU, everything else off it")] = None,
+    poll_ahead_us: Annotated[int | None, typer.Option(
+        help="poll for each predicted frame from this many µs before it instead of sleeping (use with --loop-cpu)")]
+    = None,
     ui: Annotated[bool | None, typer.Option(help="serve the live web view")] = None,
     ui_port: Annotated[int | None, typer.Option(help="live view port (default: a free one)")] = None,
     live: Annotated[bool | None, typer.Option(help="terminal live view (default: on a TTY)")] = None,
@@ -93,7 +96,7 @@ def start(
             backend=backend, decoder=decoder, decoder_file=decoder_file,
             publish_estimates=publish_estimates, n_fit_trials=n_fit_trials, deadline_ms=deadline_ms,
             ingest_endpoint=ingest, command_endpoint=command, realtime_priority=realtime_priority,
-            loop_cpu=loop_cpu, ui=ui,
+            loop_cpu=loop_cpu, poll_ahead_us=poll_ahead_us, ui=ui,
             ui_port=ui_port, live=live)
     except ValidationError as exc:
         _fail(_validation_message(exc))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import os
+import select
 import struct
 import threading
 import time
@@ -52,6 +53,8 @@ _DEC_ROW = struct.Struct(f"<{len(DECODER_FIELDS)}d")  #: one recorded decoder-ou
 #: the header split at offset 20: everything before (magic, version, kind, dtype, ndim, flags, shape) is the
 #: same in every SPIKE_COUNTS frame of a rig once validated; rig_id, stream_id, seq, t_rig, t_send, nbytes vary
 _SPLIT = struct.Struct("<20sIIQqqI")
+#: poll-ahead: inter-arrival gaps longer than this (a paused rig) do not update the period
+PERIOD_MAX_NS = 50_000_000
 AlarmFn = Callable[[dict[str, Any]], None]
 
 
@@ -97,6 +100,9 @@ class RigPipeline:
     counts_nbytes: int = -1
     frames: int = 0
     trials_done: int = 0
+    #: poll-ahead: when this rig's last frame arrived and its running inter-arrival period (ns)
+    t_last_frame_ns: int = 0
+    frame_period_ns: int = 0
 
 
 @dataclass
@@ -128,6 +134,11 @@ class HotLoop:
             CAP_SYS_NICE or root; without it the loop runs at normal priority and says so).
         loop_cpu: if given, the loop thread and its ZeroMQ I/O thread run on this CPU only (the
             decoder-refit worker does not); the caller keeps rigd's other threads off it.
+        poll_ahead_us: if > 0, the loop predicts each rig's next frame from its inter-arrival
+            period and, from this long before it until this long after, polls the ingest socket
+            without sleeping (yielding the CPU to its ZeroMQ I/O thread between polls) instead of
+            sleeping in the kernel: the frame is picked up without a thread wake-up. Costs up to
+            2 × poll_ahead_us of CPU per frame period; meant for a loop on its own CPU (loop_cpu).
     """
 
     def __init__(
@@ -147,6 +158,7 @@ class HotLoop:
         publish_estimates: bool = False,
         realtime_priority: int = 0,
         loop_cpu: int | None = None,
+        poll_ahead_us: int = 0,
     ) -> None:
         if context is None:
             # the hot loop's own context: its I/O thread moves the frames, so under SCHED_FIFO it is
@@ -166,6 +178,7 @@ class HotLoop:
         self.sub.setsockopt(zmq.RCVHWM, 200_000)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.bind(ingest_endpoint)
+        self._sub_fd = int(self.sub.getsockopt(zmq.FD))  # poll-ahead sleeps on it with µs timeouts
         self.pub: Any = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 500)
         self.pub.bind(command_endpoint)
@@ -193,6 +206,8 @@ class HotLoop:
         self._stop = threading.Event()
         self._all_off_requested = False
         self.loop_cpu = loop_cpu
+        self.poll_ahead_ns = int(poll_ahead_us) * 1000
+        self.frames_polled_ahead = 0  #: frames picked up while polling ahead (no wake-up needed)
         # the refit worker is started from the loop thread: keep it off the loop's CPU
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rigd-fit",
                                                            initializer=_use_cpus,
@@ -234,6 +249,8 @@ class HotLoop:
         poller.register(self.sub, zmq.POLLIN)
         next_hb = 0
         sub = self.sub
+        ahead = self.poll_ahead_ns
+        spinning = False
         try:
             while not self._stop.is_set():
                 now = time.monotonic_ns()
@@ -247,7 +264,18 @@ class HotLoop:
                         self._housekeeping(now)
                     except Exception as exc:
                         self._internal_error(exc)
-                if not poller.poll(10):
+                if ahead:
+                    wait = self._poll_ahead(now, ahead)
+                    if wait is not None:
+                        spinning = wait == 0.0
+                        if spinning:
+                            os.sched_yield()  # the I/O thread (same priority) runs if it has work
+                        else:
+                            select.select([self._sub_fd], [], [], wait)
+                        continue
+                    self.frames_polled_ahead += spinning
+                    spinning = False
+                elif not poller.poll(10):
                     continue
                 while True:
                     try:
@@ -267,6 +295,22 @@ class HotLoop:
             self.pub.close()
             if self._own_context:
                 self.ctx.term()
+
+    def _poll_ahead(self, now: int, ahead: int) -> float | None:
+        """None if a message is waiting; else how long to sleep (s), 0.0 meaning poll again now.
+
+        Sleeps until ``ahead`` before the earliest predicted frame, polls from then until
+        ``ahead`` after it, then sleeps on the socket (at most 10 ms, as the plain loop does).
+        """
+        if self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # also clears the socket's wake-up fd
+            return None
+        t_next = min((pl.t_last_frame_ns + pl.frame_period_ns for pl in self.pipelines.values()
+                      if pl.frame_period_ns), default=0)
+        if not t_next or now >= t_next + ahead:
+            return 0.01
+        if now < t_next - ahead:
+            return min((t_next - ahead - now) * 1e-9, 0.01)
+        return 0.0
 
     def _internal_error(self, exc: Exception) -> None:
         self.counters.error("loop", "internal", f"{type(exc).__name__}: {exc}")
@@ -499,6 +543,11 @@ class HotLoop:
                    t_recv: int) -> None:
         """The per-frame chain."""
         t_parsed = time.monotonic_ns()
+        if self.poll_ahead_ns:  # running inter-arrival period (1/16 per frame) for the next prediction
+            d = t_recv - pl.t_last_frame_ns
+            if d < PERIOD_MAX_NS:
+                pl.frame_period_ns += (d - pl.frame_period_ns) >> 4 if pl.frame_period_ns else d
+            pl.t_last_frame_ns = t_recv
         state = pl.tracker.on_frame(t_rig_ns)
         dec = pl.decoder
         est = dec.step(counts, seq, state.t_s) if dec is not None else self._no_estimate

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import os
@@ -55,7 +56,9 @@ POOL_BUDGET_BYTES = 512 * 1024 * 1024  #: memory for the decoder's calibration p
 PACKAGES = ("rigd", "numpy", "numba", "pyzmq", "aiomqtt", "amqtt", "pydantic", "pynwb", "torch")
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
+    """Package versions (looked up once: the manifest is rewritten every 5 s)."""
     out = {"python": platform.python_version()}
     for p in PACKAGES:
         try:
@@ -103,7 +106,7 @@ class Service:
             telemetry=self.telemetry, counters=self.counters, deadline_ns=int(cfg.deadline_ms * 1e6),
             on_alarm=self._alarm_from_thread, on_trial=self._trial_from_thread,
             publish_estimates=cfg.publish_estimates, realtime_priority=cfg.realtime_priority,
-            loop_cpu=cfg.loop_cpu)
+            loop_cpu=cfg.loop_cpu, poll_ahead_us=cfg.poll_ahead_us)
 
     def _make_decoder(self, desc: dict[str, Any]) -> OnlineDecoder:
         """The online decoder for a rig's units (left hemisphere first, per the wire protocol)."""
@@ -184,6 +187,7 @@ class Service:
         c = self.counters.snapshot()
         c.update(self.recorder.counters())
         c["frames"] = self.hot.frames
+        c["frames_polled_ahead"] = self.hot.frames_polled_ahead
         return c
 
     def status(self) -> dict[str, Any]:
@@ -192,7 +196,7 @@ class Service:
         return {
             "state": self.state, "name": self.cfg.name, "pid": os.getpid(), "rig": self.cfg.rig,
             "realtime": self.hot.realtime,
-            "loop_cpu": self.cfg.loop_cpu,
+            "loop_cpu": self.cfg.loop_cpu, "poll_ahead_us": self.cfg.poll_ahead_us,
             "loop_tid": self.hot.thread.native_id if self.hot.thread is not None else None,
             "session_dir": str(self.directory), "started": self.started_wall,
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
@@ -217,7 +221,7 @@ class Service:
             "protocol": {"name": self.protocol.name, "text": self.protocol.text,
                          "sha256": self.protocol.sha256, "path": self.protocol.path},
             "seeds": {"service": self.cfg.seed, "sim": self.cfg.seed},
-            "versions": _versions(), "host": platform.node(), "started": self.started_wall,
+            "versions": dict(_versions()), "host": platform.node(), "started": self.started_wall,
             "stopped": None if self.state != "stopped" else dt.datetime.now(dt.UTC).isoformat(),
             "stop_reason": self.stop_reason, "state": self.state,
             "counters": self.counter_snapshot(), "latency_us": self.telemetry_summary(),

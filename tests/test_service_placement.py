@@ -64,3 +64,44 @@ def test_loop_cpu_pins_the_hot_loop_and_keeps_everything_else_off_it(tmp_path: P
         for child in sims:
             assert all(cpu not in cpus for _, cpus in _threads(child).values()), _threads(child)
         assert r.cli("stop", "--name", "pin").returncode == 0
+
+
+def _cpu_s(pid: int, tid: int) -> float:
+    """CPU time (s) thread ``tid`` of ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="placement needs two CPUs this process may use")
+def test_poll_ahead_picks_up_frames_without_sleeping_through_the_whole_period(tmp_path: Path) -> None:
+    """``--poll-ahead-us``: most 1-ms frames of a steady rig arrive while the loop polls for them,
+    and between windows it still sleeps (its thread uses well under a whole CPU)."""
+    cpu = max(os.sched_getaffinity(0))
+    with rigd(tmp_path, "--rig", "sim", "--loop-cpu", str(cpu), "--poll-ahead-us", "300", name="ahead") as r:
+        r.wait_ready()
+        deadline = time.monotonic() + 30
+        st = r.status()
+        while st["frames"] < 1000 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            st = r.status()
+        assert st["poll_ahead_us"] == 300 and st["frames"] >= 1000, st
+        pid, tid = r.proc.pid, st["loop_tid"]
+        f0, a0, c0, t0 = st["frames"], st["counters"]["frames_polled_ahead"], _cpu_s(pid, tid), time.monotonic()
+        time.sleep(3.0)
+        st = r.status()
+        frames, ahead = st["frames"] - f0, st["counters"]["frames_polled_ahead"] - a0
+        busy = (_cpu_s(pid, tid) - c0) / (time.monotonic() - t0)
+        print(f"poll-ahead: {ahead}/{frames} frames caught, loop thread {busy:.0%} of a CPU")
+        assert frames >= 2000, st  # 1-ms bins kept flowing
+        assert ahead > 0.25 * frames, (ahead, frames)  # the prediction catches most frames (~95 % here)
+        assert busy < 0.9, busy  # a window around each frame, not a spin through the period
+        assert r.cli("stop", "--name", "ahead").returncode == 0
+    with rigd(tmp_path, "--rig", "sim", name="asleep") as r:  # off by default: every frame wakes the loop
+        r.wait_ready()
+        deadline = time.monotonic() + 30
+        st = r.status()
+        while st["frames"] < 1000 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            st = r.status()
+        assert st["frames"] >= 1000 and st["counters"]["frames_polled_ahead"] == 0, st
+        assert r.cli("stop", "--name", "asleep").returncode == 0
