@@ -43,11 +43,13 @@ def main() -> None:
     ap.add_argument("--stats", type=Path, help="write recv → send percentiles (µs) here at exit")
     a = ap.parse_args()
     ctx: Any = zmq.Context(io_threads=1)
+    fifo = False
     if a.realtime_priority > 0:
         try:
             ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
             ctx.set(zmq.THREAD_PRIORITY, a.realtime_priority)
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(a.realtime_priority))
+            fifo = True
         except (PermissionError, OSError):
             pass  # as rigd: without the privilege it runs at normal priority
     sub = ctx.socket(zmq.SUB)
@@ -74,16 +76,32 @@ def main() -> None:
     ahead = a.poll_ahead_us * 1000
     fd = int(sub.getsockopt(zmq.FD))
     t_last = period = 0
+    polling = False
+
+    def priority(rt: bool) -> None:  # poll at normal priority, answer under SCHED_FIFO (as rigd)
+        if fifo:
+            os.sched_setscheduler(0, *((os.SCHED_FIFO, os.sched_param(a.realtime_priority)) if rt
+                                       else (os.SCHED_OTHER, os.sched_param(0))))
+
     while time.monotonic() < end and not stop["now"]:
         if ahead:  # as rig/loop.py's HotLoop._poll_ahead, for one rig
             if not sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 now = time.monotonic_ns()
                 t_next = t_last + period
                 if period and t_next - ahead <= now < t_next + ahead:
+                    if not polling:
+                        polling = True
+                        priority(False)
                     os.sched_yield()
                 else:
+                    if polling:
+                        polling = False
+                        priority(True)
                     select.select([fd], [], [], min((t_next - ahead - now) * 1e-9, 0.01) if now < t_next else 0.01)
                 continue
+            if polling:
+                polling = False
+                priority(True)
         elif not poller.poll(100):
             continue
         while True:

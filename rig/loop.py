@@ -136,9 +136,10 @@ class HotLoop:
             decoder-refit worker does not); the caller keeps rigd's other threads off it.
         poll_ahead_us: if > 0, the loop predicts each rig's next frame from its inter-arrival
             period and, from this long before it until this long after, polls the ingest socket
-            without sleeping (yielding the CPU to its ZeroMQ I/O thread between polls) instead of
-            sleeping in the kernel: the frame is picked up without a thread wake-up. Costs up to
-            2 × poll_ahead_us of CPU per frame period; meant for a loop on its own CPU (loop_cpu).
+            instead of sleeping in the kernel, at normal priority (it returns to SCHED_FIFO to
+            process the frame): the frame is picked up without a thread wake-up, and the loop's
+            code is still warm when it comes. A window as long as the frame period means the loop
+            never sleeps: the lowest latency, for one whole CPU (meant for loop_cpu).
     """
 
     def __init__(
@@ -216,6 +217,7 @@ class HotLoop:
         self.frames = 0
         self.realtime_priority = realtime_priority
         self.realtime = "off"
+        self._fifo = False
         self.thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -239,6 +241,7 @@ class HotLoop:
     def run(self) -> None:
         """The loop itself (blocks)."""
         self.realtime = _try_realtime(self.realtime_priority)
+        self._fifo = self.realtime.startswith("SCHED_FIFO")
         if self.loop_cpu is not None:
             os.sched_setaffinity(0, {self.loop_cpu})  # this thread only (Linux affinity is per thread)
         # no cyclic-GC pause on the hot path: objects alive at start are frozen out of collection and
@@ -267,14 +270,21 @@ class HotLoop:
                 if ahead:
                     wait = self._poll_ahead(now, ahead)
                     if wait is not None:
-                        spinning = wait == 0.0
-                        if spinning:
-                            os.sched_yield()  # the I/O thread (same priority) runs if it has work
+                        if wait == 0.0:
+                            if not spinning:
+                                spinning = True
+                                self._polling_priority(True)
+                            os.sched_yield()
                         else:
+                            if spinning:
+                                spinning = False
+                                self._polling_priority(False)
                             select.select([self._sub_fd], [], [], wait)
                         continue
-                    self.frames_polled_ahead += spinning
-                    spinning = False
+                    if spinning:  # a frame came while polling: back to real time for its processing
+                        spinning = False
+                        self._polling_priority(False)
+                        self.frames_polled_ahead += 1
                 elif not poller.poll(10):
                     continue
                 while True:
@@ -295,6 +305,24 @@ class HotLoop:
             self.pub.close()
             if self._own_context:
                 self.ctx.term()
+
+    def _polling_priority(self, polling: bool) -> None:
+        """Poll at normal priority, process under SCHED_FIFO (when the loop has it).
+
+        A real-time thread that polls would count against the kernel's real-time throttling
+        (95 % of each second) and starve kernel threads on its CPU; at normal priority it yields to
+        both, and the ZeroMQ I/O thread (real-time) preempts it the moment data arrives.
+        """
+        if not self._fifo:
+            return
+        try:
+            if polling:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            else:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.realtime_priority))
+        except OSError as exc:  # cannot happen once granted; if it does, stay as we are and say so
+            self._fifo = False
+            self._internal_error(exc)
 
     def _poll_ahead(self, now: int, ahead: int) -> float | None:
         """None if a message is waiting; else how long to sleep (s), 0.0 meaning poll again now.
@@ -389,20 +417,23 @@ class HotLoop:
         if len(frames) != 2:
             self.counters.error("ingest", "frames", f"expected 2 frames (header, payload), got {len(frames)}")
             return
-        hbuf = frames[0].buffer
-        pbuf = frames[1].buffer
-        if len(hbuf) == wire.HEADER_SIZE:
+        fh: Any = frames[0]  # zmq.Frame implements the buffer protocol (its stubs do not say so)
+        fp: Any = frames[1]
+        if len(fh) == wire.HEADER_SIZE:
             # fast path: the next SPIKE_COUNTS frame of a rig whose frames were validated before, whose
             # header prefix (magic … shape) is byte-identical to the validated one, with the announced
             # payload size and the next sequence number. Anything else takes the full checks below.
-            prefix, rig_id, stream_id, seq, t_rig, t_send, nbytes = _SPLIT.unpack(hbuf)
+            # (ZeroMQ frames are buffers: read in place, no memoryview objects made.)
+            prefix, rig_id, stream_id, seq, t_rig, t_send, nbytes = _SPLIT.unpack(fh)
             pl = self.pipelines.get(rig_id)
             if (pl is not None and prefix == pl.counts_prefix and nbytes == pl.counts_nbytes
-                    and len(pbuf) == nbytes and pl.last_seq.get(stream_id, -2) == seq - 1):
+                    and len(fp) == nbytes and pl.last_seq.get(stream_id, -2) == seq - 1):
                 pl.last_seq[stream_id] = seq
-                self.recorder.put(hbuf, pbuf, t_recv)
-                self._on_counts(pl, seq, t_rig, t_send, np.frombuffer(pbuf, dtype=pl.counts_dtype), t_recv)
+                self.recorder.put(fh, fp, t_recv)
+                self._on_counts(pl, seq, t_rig, t_send, np.frombuffer(fp, dtype=pl.counts_dtype), t_recv)
                 return
+        hbuf = fh.buffer
+        pbuf = fp.buffer
         try:
             h = wire.unpack_header(hbuf)
             if len(pbuf) != h.payload_nbytes:

@@ -47,16 +47,22 @@ class Histogram:
 
     def percentile(self, q: float) -> float:
         """Approximate q-th percentile (0–100), the geometric middle of its bin; nan if empty."""
+        return self.percentiles((q,))[0]
+
+    def percentiles(self, qs: tuple[float, ...]) -> list[float]:
+        """:meth:`percentile` for several q at once (one pass over the bins)."""
         if self.n == 0:
-            return float("nan")
-        target = q / 100.0 * self.n
+            return [float("nan")] * len(qs)
         c = np.cumsum(self.counts)
-        i = int(np.searchsorted(c, target, side="left"))
-        if i == 0:
-            return float(self.edges[0])
-        if i >= self.counts.size - 1:
-            return self.max
-        return float(min(np.sqrt(self.edges[i - 1] * self.edges[i]), self.max))
+        out = []
+        for i in np.searchsorted(c, np.asarray(qs) / 100.0 * self.n, side="left").tolist():
+            if i == 0:
+                out.append(float(self.edges[0]))
+            elif i >= self.counts.size - 1:
+                out.append(self.max)
+            else:
+                out.append(float(min(np.sqrt(self.edges[i - 1] * self.edges[i]), self.max)))
+        return out
 
     def count_above(self, threshold_us: float) -> int:
         """Number of values above a threshold (bin resolution)."""
@@ -65,8 +71,9 @@ class Histogram:
 
     def summary(self, deadline_us: float | None = None) -> dict[str, float]:
         """p50/p99/p99.9/max/mean (µs), count, and misses over ``deadline_us`` if given."""
-        out = {"n": float(self.n), "p50": self.percentile(50), "p99": self.percentile(99),
-               "p99_9": self.percentile(99.9), "max": self.max if self.n else float("nan"),
+        p50, p99, p99_9 = self.percentiles((50, 99, 99.9))
+        out = {"n": float(self.n), "p50": p50, "p99": p99,
+               "p99_9": p99_9, "max": self.max if self.n else float("nan"),
                "mean": self.total / self.n if self.n else float("nan")}
         if deadline_us is not None:
             out["deadline_misses"] = float(self.count_above(deadline_us))
@@ -85,6 +92,7 @@ class LoopTelemetry:
         self.hist_commanded_internal = Histogram()
         self.e2e = Histogram()
         self.lost_rows = 0
+        self._summary: tuple[tuple[int, int, float], dict[str, Any]] | None = None
 
     def record(self, seq: int, t_recv: int, t_parsed: int, t_decoded: int, t_controlled: int,
                t_sent: int) -> None:
@@ -125,10 +133,18 @@ class LoopTelemetry:
         return new
 
     def summary(self, deadline_us: float) -> dict[str, Any]:
-        """Stage and end-to-end summaries (µs) for status, control plane and session."""
-        out: dict[str, Any] = {s.removesuffix("_us"): self.hist[s].summary() for s in STAGES}
-        out["internal_commanded"] = self.hist_commanded_internal.summary()
-        out["e2e"] = self.e2e.summary(deadline_us)
+        """Stage and end-to-end summaries (µs) for status, control plane and session.
+
+        Computed once per change of the histograms (status, control plane, live view and the
+        session ask for it several times a second; the hot loop shares the GIL with them).
+        """
+        key = (self._read, self.e2e.n, deadline_us)
+        if self._summary is None or self._summary[0] != key:
+            hist: dict[str, Any] = {s.removesuffix("_us"): self.hist[s].summary() for s in STAGES}
+            hist["internal_commanded"] = self.hist_commanded_internal.summary()
+            hist["e2e"] = self.e2e.summary(deadline_us)
+            self._summary = (key, hist)
+        out: dict[str, Any] = {k: dict(v) for k, v in self._summary[1].items()}  # callers may edit their copy
         out["loops"] = self.written
         out["lost_rows"] = self.lost_rows
         return out

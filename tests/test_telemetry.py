@@ -35,3 +35,23 @@ def test_ring_overrun_is_counted() -> None:
     s = t.summary(deadline_us=10_000)
     assert abs(s["internal"]["p50"] - 3.0) < 0.05 and s["internal"]["n"] == 16
     assert abs(s["decision"]["p50"] - 3.0) < 0.05
+
+
+def test_summary_follows_new_rows_and_acks_and_callers_get_their_own_copy() -> None:
+    t = LoopTelemetry(capacity=64)
+    for i in range(10):
+        t.record(i, 0, 1000, 2000, 3000, 3000)  # 3 µs internal
+    t.collect()
+    s1 = t.summary(deadline_us=10_000)
+    s1["internal"]["p50"] = -1.0  # a caller editing its copy changes nothing for the next one
+    assert t.summary(deadline_us=10_000)["internal"]["p50"] > 0
+    for i in range(10, 40):
+        t.record(i, 0, 1000, 2000, 3000, 9000)  # 9 µs internal, not folded in until collect()
+    assert t.summary(deadline_us=10_000)["loops"] == 40
+    assert t.summary(deadline_us=10_000)["internal"]["n"] == 10
+    t.collect()
+    s2 = t.summary(deadline_us=10_000)
+    assert s2["internal"]["n"] == 40 and abs(s2["internal"]["p50"] - 9.0) < 0.1
+    t.add_e2e(500.0)
+    assert t.summary(deadline_us=10_000)["e2e"]["n"] == 1
+    assert t.summary(deadline_us=400.0)["e2e"]["deadline_misses"] == 1
