@@ -59,7 +59,7 @@ class ServiceConfig(BaseModel):
     loop_cpu: int | None = Field(None, ge=0, description="pin the hot loop to this CPU")
     #: poll the ingest socket without sleeping from this long (µs) before each predicted frame until
     #: this long after it (no thread wake-up on arrival; costs CPU: use with loop_cpu). 0 = off
-    poll_ahead_us: int = Field(0, ge=0, le=1000, description="poll-ahead window around each predicted frame (µs)")
+    poll_ahead_us: int = Field(0, ge=0, le=100_000, description="poll-ahead window around each predicted frame (µs)")
     ui: bool = True
     ui_port: int = Field(0, ge=0, le=65535, description="live view port on 127.0.0.1; 0 → free port")
     live: bool | None = Field(None, description="terminal live view (default: when stdout is a TTY)")

@@ -116,9 +116,9 @@ class ControlPlane:
                 async with aiomqtt.Client(self.host, self.port, will=will, keepalive=5,
                                           timeout=5) as client:
                     self._client = client
-                    self.connected.set()
                     self.counters.inc("control_plane.connects")
                     await client.subscribe(f"{self.prefix}/cmd/#", qos=1)
+                    self.connected.set()  # connected *and* listening for commands
                     await self.publish_now("status", self._status(), retain=True)
                     if self._session is not None:
                         await self.publish_now("session", self._session, retain=True)

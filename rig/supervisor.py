@@ -53,6 +53,7 @@ from rig.telemetry import LoopTelemetry
 #: the protocol `rigd start` runs when none is given (science.md §7.1)
 DEFAULT_PROTOCOL = protocols.shipped()[protocols.DEFAULT]
 POOL_BUDGET_BYTES = 512 * 1024 * 1024  #: memory for the decoder's calibration pool
+CONTROL_READY_TIMEOUT_S = 5.0  #: longest wait for the control plane to subscribe before reporting ready
 PACKAGES = ("rigd", "numpy", "numba", "pyzmq", "aiomqtt", "amqtt", "pydantic", "pynwb", "torch")
 
 
@@ -398,6 +399,11 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
 
                     ui = LiveView(svc, port=cfg.ui_port)
                     svc.ui_url = await ui.start()
+                # "ready" includes listening for commands: a client that acts on the runtime file
+                # must not publish into a broker rigd has not subscribed to yet (a lab broker that
+                # is away does not hold the session up: the control plane keeps reconnecting)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(svc.control.connected.wait(), CONTROL_READY_TIMEOUT_S)
                 info = {"pid": os.getpid(), "name": cfg.name, "mqtt": mqtt_url, "embedded_broker": embedded,
                         "session_dir": str(directory), "started": svc.started_wall, "ui": svc.ui_url,
                         "ingest": svc.hot.ingest_endpoint, "command": svc.hot.command_endpoint}
