@@ -23,4 +23,5 @@ def resolve(arg: Path | str) -> Path:
     p = Path(arg)
     if p.exists():
         return p
-    return shipped().get(p.stem if p.suffix == ".toml" and p.parent == Path() else str(arg), p)
+    bare = p.parent == Path() and p.suffix in ("", ".toml")  # "state_triggered[.toml]", not a path
+    return shipped().get(p.stem, p) if bare else p

@@ -218,6 +218,7 @@ class HotLoop:
         self.realtime_priority = realtime_priority
         self.realtime = "off"
         self._fifo = False
+        self._polling = False  #: poll-ahead: polling (at normal priority) for a predicted frame
         self.thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -253,7 +254,6 @@ class HotLoop:
         next_hb = 0
         sub = self.sub
         ahead = self.poll_ahead_ns
-        spinning = False
         try:
             while not self._stop.is_set():
                 now = time.monotonic_ns()
@@ -270,20 +270,13 @@ class HotLoop:
                 if ahead:
                     wait = self._poll_ahead(now, ahead)
                     if wait is not None:
+                        self._set_polling(wait == 0.0)
                         if wait == 0.0:
-                            if not spinning:
-                                spinning = True
-                                self._polling_priority(True)
                             os.sched_yield()
                         else:
-                            if spinning:
-                                spinning = False
-                                self._polling_priority(False)
                             select.select([self._sub_fd], [], [], wait)
                         continue
-                    if spinning:  # a frame came while polling: back to real time for its processing
-                        spinning = False
-                        self._polling_priority(False)
+                    if self._set_polling(False):  # a frame came while polling: real time for its processing
                         self.frames_polled_ahead += 1
                 elif not poller.poll(10):
                     continue
@@ -306,15 +299,20 @@ class HotLoop:
             if self._own_context:
                 self.ctx.term()
 
-    def _polling_priority(self, polling: bool) -> None:
-        """Poll at normal priority, process under SCHED_FIFO (when the loop has it).
+    def _set_polling(self, polling: bool) -> bool:
+        """Enter or leave polling; returns whether the loop was polling before.
 
-        A real-time thread that polls would count against the kernel's real-time throttling
-        (95 % of each second) and starve kernel threads on its CPU; at normal priority it yields to
-        both, and the ZeroMQ I/O thread (real-time) preempts it the moment data arrives.
+        It polls at normal priority and processes under SCHED_FIFO (when the loop has it): a
+        real-time thread that polls would count against the kernel's real-time throttling (95 % of
+        each second) and starve kernel threads on its CPU; at normal priority it yields to both,
+        and the ZeroMQ I/O thread (real-time) preempts it the moment data arrives.
         """
+        was = self._polling
+        if polling == was:
+            return was
+        self._polling = polling
         if not self._fifo:
-            return
+            return was
         try:
             if polling:
                 os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
@@ -323,6 +321,7 @@ class HotLoop:
         except OSError as exc:  # cannot happen once granted; if it does, stay as we are and say so
             self._fifo = False
             self._internal_error(exc)
+        return was
 
     def _poll_ahead(self, now: int, ahead: int) -> float | None:
         """None if a message is waiting; else how long to sleep (s), 0.0 meaning poll again now.
@@ -573,12 +572,12 @@ class HotLoop:
     def _on_counts(self, pl: RigPipeline, seq: int, t_rig_ns: int, t_send_ns: int, counts: np.ndarray[Any, Any],
                    t_recv: int) -> None:
         """The per-frame chain."""
-        t_parsed = time.monotonic_ns()
         if self.poll_ahead_ns:  # running inter-arrival period (1/16 per frame) for the next prediction
             d = t_recv - pl.t_last_frame_ns
             if d < PERIOD_MAX_NS:
                 pl.frame_period_ns += (d - pl.frame_period_ns) >> 4 if pl.frame_period_ns else d
             pl.t_last_frame_ns = t_recv
+        t_parsed = time.monotonic_ns()
         state = pl.tracker.on_frame(t_rig_ns)
         dec = pl.decoder
         est = dec.step(counts, seq, state.t_s) if dec is not None else self._no_estimate

@@ -4,10 +4,11 @@ and keeps every other rigd thread, and the simulated rig it starts, off it (read
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.rigd_process import rigd
+from tests.rigd_process import Rigd, rigd
 
 
 def _cpus(text: str) -> set[int]:
@@ -40,16 +41,22 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _status_after_frames(r: Rigd, n: int, timeout_s: float = 30.0) -> dict[str, Any]:
+    """rigd's status once it has processed ``n`` frames (or after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    st = r.status()
+    while st["frames"] < n and time.monotonic() < deadline:
+        time.sleep(0.5)
+        st = r.status()
+    return st
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="placement needs two CPUs this process may use")
 def test_loop_cpu_pins_the_hot_loop_and_keeps_everything_else_off_it(tmp_path: Path) -> None:
     cpu = max(os.sched_getaffinity(0))
     with rigd(tmp_path, "--rig", "sim", "--loop-cpu", str(cpu), name="pin") as r:
         r.wait_ready()
-        deadline = time.monotonic() + 30
-        st = r.status()
-        while st["frames"] < 200 and time.monotonic() < deadline:  # the sim is up and frames flow
-            time.sleep(0.5)
-            st = r.status()
+        st = _status_after_frames(r, 200)  # the sim is up and frames flow
         assert st["loop_cpu"] == cpu and st["frames"] >= 200, st
         threads = _threads(r.proc.pid)
         on_cpu = {tid: name for tid, (name, cpus) in threads.items() if cpus == {cpu}}
@@ -79,11 +86,7 @@ def test_poll_ahead_picks_up_frames_without_sleeping_through_the_whole_period(tm
     cpu = max(os.sched_getaffinity(0))
     with rigd(tmp_path, "--rig", "sim", "--loop-cpu", str(cpu), "--poll-ahead-us", "300", name="ahead") as r:
         r.wait_ready()
-        deadline = time.monotonic() + 30
-        st = r.status()
-        while st["frames"] < 1000 and time.monotonic() < deadline:
-            time.sleep(0.5)
-            st = r.status()
+        st = _status_after_frames(r, 1000)
         assert st["poll_ahead_us"] == 300 and st["frames"] >= 1000, st
         pid, tid = r.proc.pid, st["loop_tid"]
         f0, a0, c0, t0 = st["frames"], st["counters"]["frames_polled_ahead"], _cpu_s(pid, tid), time.monotonic()
@@ -91,17 +94,12 @@ def test_poll_ahead_picks_up_frames_without_sleeping_through_the_whole_period(tm
         st = r.status()
         frames, ahead = st["frames"] - f0, st["counters"]["frames_polled_ahead"] - a0
         busy = (_cpu_s(pid, tid) - c0) / (time.monotonic() - t0)
-        print(f"poll-ahead: {ahead}/{frames} frames caught, loop thread {busy:.0%} of a CPU")
         assert frames >= 2000, st  # 1-ms bins kept flowing
         assert ahead > 0.25 * frames, (ahead, frames)  # the prediction catches most frames (~95 % here)
         assert busy < 0.9, busy  # a window around each frame, not a spin through the period
         assert r.cli("stop", "--name", "ahead").returncode == 0
     with rigd(tmp_path, "--rig", "sim", name="asleep") as r:  # off by default: every frame wakes the loop
         r.wait_ready()
-        deadline = time.monotonic() + 30
-        st = r.status()
-        while st["frames"] < 1000 and time.monotonic() < deadline:
-            time.sleep(0.5)
-            st = r.status()
+        st = _status_after_frames(r, 1000)
         assert st["frames"] >= 1000 and st["counters"]["frames_polled_ahead"] == 0, st
         assert r.cli("stop", "--name", "asleep").returncode == 0
