@@ -11,19 +11,19 @@ acks, decoder outputs, alarms, trial summaries, telemetry), each as one record::
     first field; the wire header's payload_nbytes keeps the original size), which makes
     100,000-unit sessions ~30× smaller
 
-The recorder never blocks the hot path: ``put`` appends to a bounded in-memory queue that a
-writer thread drains with ``os.write`` at least every flush interval (so ``kill -9`` loses at
-most that interval) and ``fsync`` about once a second. A full queue drops the record and
+The recorder never blocks the hot path: ``put`` copies a message into a preallocated ring,
+already laid out as a record (about a microsecond; large payloads are queued uncopied), and a
+writer thread seals spans of the ring (CRC-32, compiled, GIL released) and hands them to
+``os.write`` at least every flush interval (so ``kill -9`` loses at most that interval), with an
+``fsync`` about once a second (rig/record_ring.py). A full ring or queue drops the record and
 counts it. The reader stops cleanly at a torn final record and says how many bytes it ignored.
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import os
-import struct
 import threading
 import time
 import zlib
@@ -38,8 +38,8 @@ import numpy as np
 import numpy.typing as npt
 
 from rig import wire
+from rig.record_ring import CRC_TABLE, PLACEHOLDER, RECORD, RecordRing, RingFullError, seal
 
-RECORD = struct.Struct("<IIqI")
 COMPRESSED = 1 << 31  #: flag in the record's header_len field: payload stored lz4-compressed
 COMPRESS_MIN_BYTES = 4096
 HEADER_SIZE_ON_WIRE = wire.HEADER_SIZE
@@ -65,19 +65,28 @@ def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
 class Recorder:
     """Append-only, crash-safe writer of one session's wire log.
 
+    Producers (the hot loop, the supervisor) copy each message into a :class:`RecordRing` already
+    laid out as a record; the writer thread seals spans of it (CRC) and writes them with the GIL
+    released, so recording costs the hot loop about a microsecond per message and never holds
+    the GIL it needs. Large payloads (≥ ``COMPRESS_MIN_BYTES``) are not copied: they keep their
+    place in the ring and are compressed on the writer thread, as they come.
+
     Args:
         directory: the session directory (created).
         flush_interval_s: longest time a record waits in memory before ``os.write``.
         max_queue: records held in memory before new ones are dropped (and counted).
+        ring_bytes: size of the in-memory ring (preallocated); a full ring drops and counts too.
     """
 
-    def __init__(self, directory: Path, flush_interval_s: float = 0.2, max_queue: int = 200_000) -> None:
+    def __init__(self, directory: Path, flush_interval_s: float = 0.2, max_queue: int = 200_000,
+                 ring_bytes: int = 64 << 20) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.flush_interval_s = flush_interval_s
         self.max_queue = max_queue
         self._fd = os.open(self.directory / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._queue: collections.deque[tuple[int, bytes | memoryview, Any]] = collections.deque()
+        self._ring = RecordRing(ring_bytes, COMPRESS_MIN_BYTES)
+        self._kinds = np.zeros(4096, dtype=np.int64)  # wire kinds of the records one seal call covers
         self._wake = threading.Event()
         self._stop = False
         self.dropped = 0
@@ -89,18 +98,25 @@ class Recorder:
         self.tap_errors = 0
         self.write_errors = 0
         self.last_error = ""
+        seal(self._ring.buf, 0, 0, CRC_TABLE, self._kinds)  # compile (or load) before the first frame
         self._thread = threading.Thread(target=self._run, name="rigd-recorder", daemon=True)
         self._thread.start()
 
     # -- producer side (any thread; cheap) ----------------------------------------------------
 
     def put(self, header: bytes | memoryview, payload: Any, t_local_ns: int) -> bool:
-        """Queue one wire message (its header and payload buffers, not copied). False if dropped."""
-        q = self._queue
-        if len(q) >= self.max_queue:
+        """Record one wire message (header and payload buffers; copied unless large). False if dropped."""
+        if isinstance(payload, np.ndarray):
+            payload = np.ascontiguousarray(payload).data.cast("B")
+        ring = self._ring
+        if ring.puts - self.written_records >= self.max_queue:
             self.dropped += 1
             return False
-        q.append((t_local_ns, header, payload))
+        try:
+            ring.put(header, payload, t_local_ns)
+        except RingFullError:
+            self.dropped += 1
+            return False
         return True
 
     def put_message(self, kind: wire.Kind, payload: npt.NDArray[Any] | bytes | None,
@@ -123,46 +139,57 @@ class Recorder:
         """Also hand every record, as it is written, to ``fn(header, payload, t_local_ns)``.
 
         Taps run on the writer thread (never the hot path): the live view reads the session this
-        way. A tap that raises is counted and otherwise ignored.
+        way. A tap that raises is counted and otherwise ignored. The payload view is only valid
+        during the call (the ring reuses its memory): a tap copies what it keeps.
         """
         self._taps.append(fn)
 
     @property
     def lag_records(self) -> int:
         """Records waiting to be written."""
-        return len(self._queue)
+        return max(0, self._ring.puts - self.written_records)
 
     # -- writer thread ------------------------------------------------------------------------
 
     def _drain(self) -> None:
-        q = self._queue
-        n = len(q)
-        if n == 0:
-            return
-        self.max_lag_records = max(self.max_lag_records, n)
-        parts: list[bytes | memoryview] = []
-        size = 0
+        ring = self._ring
+        self.max_lag_records = max(self.max_lag_records, self.lag_records)
+        for start, stop in ring.spans():
+            pos = start
+            while pos < stop:
+                n, end = seal(ring.buf, pos, stop, CRC_TABLE, self._kinds)  # releases the GIL
+                if n:
+                    if self._taps:
+                        self._tap_span(pos, n)
+                    self._write([ring.view[pos:end]])
+                    self.written_records += n
+                    ring.release(end)
+                    pos = end
+                if end < stop and (RECORD.unpack_from(ring.view, end)[0] & PLACEHOLDER):
+                    self._write_large(*ring.large.popleft())
+                    self.written_records += 1
+                    pos = end + RECORD.size
+                    ring.release(pos)
+
+    def _write_large(self, t: int, h: Any, p: Any) -> None:
+        hb = memoryview(h) if not isinstance(h, memoryview) else h
+        pb = p if isinstance(p, bytes | memoryview) else memoryview(p).cast("B")
+        if self._taps:
+            self._tap(hb, pb, t)
+        flags = 0
+        z = lz4.block.compress(pb, store_size=False)
+        if len(z) < len(pb):  # noise-like data (raw voltage) stays as it came: smaller, read faster
+            pb, flags = z, COMPRESSED
+        crc = zlib.crc32(pb, zlib.crc32(hb))
+        self._write([RECORD.pack(len(hb) | flags, len(pb), t, crc), hb, pb])
+
+    def _tap_span(self, pos: int, n: int) -> None:
+        v = self._ring.view
         for _ in range(n):
-            t, h, p = q.popleft()
-            hb = memoryview(h) if not isinstance(h, memoryview) else h
-            pb = p if isinstance(p, bytes | memoryview) else memoryview(p).cast("B")
-            if self._taps:
-                self._tap(hb, pb, t)
-            flags = 0
-            if len(pb) >= COMPRESS_MIN_BYTES:
-                z = lz4.block.compress(pb, store_size=False)
-                if len(z) < len(pb):  # noise-like data (raw voltage) stays as it came: smaller, read faster
-                    pb, flags = z, COMPRESSED
-            crc = zlib.crc32(pb, zlib.crc32(hb))
-            parts.append(RECORD.pack(len(hb) | flags, len(pb), t, crc))
-            parts.append(hb)
-            parts.append(pb)
-            size += RECORD.size + len(hb) + len(pb)
-            if size > 8 * 1024 * 1024:
-                self._write(parts)
-                parts, size = [], 0
-        self._write(parts)
-        self.written_records += n
+            hl, pl, t, _crc = RECORD.unpack_from(v, pos)
+            b = pos + RECORD.size
+            self._tap(v[b:b + hl], v[b + hl:b + hl + pl], t)
+            pos = b + hl + pl
 
     def _tap(self, hb: memoryview, pb: Any, t: int) -> None:
         try:
@@ -176,16 +203,14 @@ class Recorder:
                 self.tap_errors += 1
 
     def _write(self, parts: list[bytes | memoryview]) -> None:
-        for i in range(0, len(parts), IOV_MAX):
-            chunk = parts[i:i + IOV_MAX]
-            total = sum(len(p) for p in chunk)
-            written = os.writev(self._fd, chunk)
-            if written != total:  # partial writev: finish with a joined buffer
-                rest = b"".join(bytes(p) for p in chunk)[written:]
-                while rest:
-                    k = os.write(self._fd, rest)
-                    rest = rest[k:]
-            self.written_bytes += total
+        total = sum(len(p) for p in parts)
+        written = os.writev(self._fd, parts)
+        if written != total:  # partial writev: finish with a joined buffer
+            rest = memoryview(b"".join(bytes(p) for p in parts))[written:]
+            while rest:
+                k = os.write(self._fd, rest)
+                rest = rest[k:]
+        self.written_bytes += total
 
     def _run(self) -> None:
         last_sync = time.monotonic()
