@@ -21,6 +21,7 @@ counts it. The reader stops cleanly at a torn final record and says how many byt
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -47,7 +48,6 @@ HEADER_LEN_MASK = 0xFFFF
 _JSON_KIND_CODES = {int(wire.Kind.TRIAL_EVENT), int(wire.Kind.HEARTBEAT), int(wire.Kind.ALARM), int(wire.Kind.LOG)}
 LOG_NAME = "wire.rlog"
 MANIFEST_NAME = "manifest.json"
-IOV_MAX = 1020  #: buffers per writev (Linux allows 1024)
 RIGD_RIG_ID = 0  #: rig id rigd uses for the records it writes itself
 
 
@@ -85,6 +85,7 @@ class Recorder:
         self.flush_interval_s = flush_interval_s
         self.max_queue = max_queue
         self._fd = os.open(self.directory / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = os.fstat(self._fd).st_size  # the log's length: a failed write is cut back to it
         self._ring = RecordRing(ring_bytes, COMPRESS_MIN_BYTES)
         self._kinds = np.zeros(4096, dtype=np.int64)  # wire kinds of the records one seal call covers
         self._wake = threading.Event()
@@ -159,14 +160,15 @@ class Recorder:
             while pos < stop:
                 n, end = seal(ring.buf, pos, stop, CRC_TABLE, self._kinds)  # releases the GIL
                 if n:
+                    self._write([ring.view[pos:end]])
                     if self._taps:
                         self._tap_span(pos, n)
-                    self._write([ring.view[pos:end]])
                     self.written_records += n
                     ring.release(end)
                     pos = end
                 if end < stop and (RECORD.unpack_from(ring.view, end)[0] & PLACEHOLDER):
-                    self._write_large(*ring.large.popleft())
+                    self._write_large(*ring.large[0])
+                    ring.large.popleft()  # only once written: a failed write is retried in order
                     self.written_records += 1
                     pos = end + RECORD.size
                     ring.release(pos)
@@ -174,14 +176,15 @@ class Recorder:
     def _write_large(self, t: int, h: Any, p: Any) -> None:
         hb = memoryview(h) if not isinstance(h, memoryview) else h
         pb = p if isinstance(p, bytes | memoryview) else memoryview(p).cast("B")
-        if self._taps:
-            self._tap(hb, pb, t)
+        raw = pb
         flags = 0
         z = lz4.block.compress(pb, store_size=False)
         if len(z) < len(pb):  # noise-like data (raw voltage) stays as it came: smaller, read faster
             pb, flags = z, COMPRESSED
         crc = zlib.crc32(pb, zlib.crc32(hb))
         self._write([RECORD.pack(len(hb) | flags, len(pb), t, crc), hb, pb])
+        if self._taps:
+            self._tap(hb, raw, t)
 
     def _tap_span(self, pos: int, n: int) -> None:
         v = self._ring.view
@@ -203,36 +206,47 @@ class Recorder:
                 self.tap_errors += 1
 
     def _write(self, parts: list[bytes | memoryview]) -> None:
+        """Append whole records, or nothing: a write that fails part-way is cut back (retried later)."""
         total = sum(len(p) for p in parts)
-        written = os.writev(self._fd, parts)
-        if written != total:  # partial writev: finish with a joined buffer
-            rest = memoryview(b"".join(bytes(p) for p in parts))[written:]
-            while rest:
-                k = os.write(self._fd, rest)
-                rest = rest[k:]
+        try:
+            written = os.writev(self._fd, parts)
+            if written != total:  # partial writev: finish with a joined buffer
+                rest = memoryview(b"".join(bytes(p) for p in parts))[written:]
+                while rest:
+                    k = os.write(self._fd, rest)
+                    rest = rest[k:]
+        except OSError:
+            with contextlib.suppress(OSError):  # never leave half a record: the retry appends it whole
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += total
         self.written_bytes += total
 
     def _run(self) -> None:
         last_sync = time.monotonic()
+        failed_at_stop = 0
         while True:
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
+            stopping = self._stop
             try:
                 self._drain()
+                now = time.monotonic()
+                if stopping or now - last_sync > 1.0:
+                    os.fsync(self._fd)
+                    last_sync = now
             except OSError as exc:  # disk full, I/O error: keep the thread alive, count, retry
                 self.write_errors += 1
                 self.last_error = str(exc)
-                if self._stop:
-                    return
+                if stopping:
+                    failed_at_stop += 1
+                    if failed_at_stop >= 20:  # ~2 s of retries at close: what is left is lost, and counted
+                        self.dropped += self.lag_records
+                        return
+                    self._wake.set()
                 time.sleep(0.1)
                 continue
-            now = time.monotonic()
-            if now - last_sync > 1.0:
-                os.fsync(self._fd)
-                last_sync = now
-            if self._stop:
-                self._drain()
-                os.fsync(self._fd)
+            if stopping:
                 return
 
     def close(self) -> None:

@@ -201,3 +201,34 @@ def test_taps_see_every_record_before_its_memory_is_reused(tmp_path: Path) -> No
         expected.append((seq, int(c.sum())))
     rec.close()
     assert seen == expected and rec.tap_errors == 0
+
+
+def test_a_write_failing_part_way_is_retried_whole_and_in_order(tmp_path: Path, monkeypatch: Any) -> None:
+    # disk full for a moment: half a span reaches the file, then ENOSPC. The log must not keep the
+    # half record, and the retry must write everything, small and large records in order.
+    import rig.session as session_mod
+
+    real_writev = os.writev
+    failures = {"left": 2}
+
+    def flaky_writev(fd: int, parts: Any) -> int:
+        if failures["left"] and sum(len(p) for p in parts) > 100:
+            failures["left"] -= 1
+            real_writev(fd, [bytes(memoryview(parts[0]))[: len(parts[0]) // 2]])
+            raise OSError(28, "No space left on device")
+        return real_writev(fd, parts)
+
+    monkeypatch.setattr(session_mod.os, "writev", flaky_writev)
+    rec = Recorder(tmp_path, flush_interval_s=0.01)
+    rng = np.random.default_rng(5)
+    msgs = _mixed_messages(rng, 300, 1)
+    for seq, (h, p) in enumerate(msgs):
+        assert rec.put(h, p, seq)
+    rec.close()
+    assert rec.write_errors == 2 and failures["left"] == 0
+    s = Session.open(tmp_path)
+    assert s.torn_bytes == 0 and s.bad_records == 0 and s.verify() == 0
+    recs = list(s.records(wire.Kind.SPIKE_COUNTS))
+    assert [r.header.seq for r in recs] == list(range(300))
+    for r in recs[::13]:
+        np.testing.assert_array_equal(wire.payload_array(r.header, r.payload), msgs[r.header.seq][1])
