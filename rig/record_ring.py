@@ -36,7 +36,6 @@ import numpy.typing as npt
 RECORD = struct.Struct("<IIqI")  #: header_len | flags, payload_len, t_local_ns, crc32
 RECORD_SIZE = RECORD.size
 PLACEHOLDER = 1 << 30  #: flag in a ring record's first field: the message waits in the side queue
-KIND_OFFSET = 6  #: byte offset of the wire header's kind (uint16 after magic and version)
 
 
 def _crc_tables() -> npt.NDArray[np.uint32]:
@@ -80,16 +79,15 @@ def _u32(buf: Any, o: int) -> int:  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def seal(buf: Any, start: int, stop: int, table: Any, kinds: Any) -> tuple[int, int]:  # pragma: no cover
+def seal(buf: Any, start: int, stop: int, table: Any) -> tuple[int, int]:  # pragma: no cover
     """Write the CRC of each whole record in ``buf[start:stop]``; stop at the first placeholder.
 
-    Returns ``(n, end)``: ``n`` records were sealed and lie in ``buf[start:end]``; their wire kinds
-    are in ``kinds[:n]`` (at most ``kinds.size`` records are sealed per call). ``end < stop``
-    means a placeholder (or the kinds array's limit) is at ``end``.
+    Returns ``(n, end)``: ``n`` records were sealed and lie in ``buf[start:end]``; ``end < stop``
+    means a placeholder is at ``end``.
     """
     pos = start
     n = 0
-    while pos < stop and n < kinds.size:
+    while pos < stop:
         first = _u32(buf, pos)
         if first & PLACEHOLDER:
             break
@@ -100,7 +98,6 @@ def seal(buf: Any, start: int, stop: int, table: Any, kinds: Any) -> tuple[int, 
         buf[pos + 17] = (c >> 8) & 0xFF
         buf[pos + 18] = (c >> 16) & 0xFF
         buf[pos + 19] = (c >> 24) & 0xFF
-        kinds[n] = int(buf[body + KIND_OFFSET]) | (int(buf[body + KIND_OFFSET + 1]) << 8)
         n += 1
         pos = end
     return n, pos
@@ -180,9 +177,3 @@ class RecordRing:
         """Writer: everything before ``upto`` (in the current lap) is written; producers may reuse it."""
         with self.lock:
             self.tail = upto
-
-    def used_bytes(self) -> int:
-        """Bytes waiting in the ring (placeholders included, large payloads not)."""
-        with self.lock:
-            head, wrap, tail = self.head, self.wrap, self.tail
-        return (wrap - tail + head) if wrap >= 0 else head - tail

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rig import wire
-from rig.record_ring import CRC_TABLE, PLACEHOLDER, RECORD, RecordRing, RingFullError, seal
+from rig.record_ring import CRC_TABLE, RECORD, RecordRing, RingFullError, seal
 
 COMPRESSED = 1 << 31  #: flag in the record's header_len field: payload stored lz4-compressed
 COMPRESS_MIN_BYTES = 4096
@@ -87,7 +87,6 @@ class Recorder:
         self._fd = os.open(self.directory / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size  # the log's length: a failed write is cut back to it
         self._ring = RecordRing(ring_bytes, COMPRESS_MIN_BYTES)
-        self._kinds = np.zeros(4096, dtype=np.int64)  # wire kinds of the records one seal call covers
         self._wake = threading.Event()
         self._stop = False
         self.dropped = 0
@@ -99,7 +98,7 @@ class Recorder:
         self.tap_errors = 0
         self.write_errors = 0
         self.last_error = ""
-        seal(self._ring.buf, 0, 0, CRC_TABLE, self._kinds)  # compile (or load) before the first frame
+        seal(self._ring.buf, 0, 0, CRC_TABLE)  # compile (or load) before the first frame
         self._thread = threading.Thread(target=self._run, name="rigd-recorder", daemon=True)
         self._thread.start()
 
@@ -158,7 +157,7 @@ class Recorder:
         for start, stop in ring.spans():
             pos = start
             while pos < stop:
-                n, end = seal(ring.buf, pos, stop, CRC_TABLE, self._kinds)  # releases the GIL
+                n, end = seal(ring.buf, pos, stop, CRC_TABLE)  # releases the GIL
                 if n:
                     self._write([ring.view[pos:end]])
                     if self._taps:
@@ -166,7 +165,7 @@ class Recorder:
                     self.written_records += n
                     ring.release(end)
                     pos = end
-                if end < stop and (RECORD.unpack_from(ring.view, end)[0] & PLACEHOLDER):
+                if end < stop:  # a placeholder: the large message it stands for is next
                     self._write_large(*ring.large[0])
                     ring.large.popleft()  # only once written: a failed write is retried in order
                     self.written_records += 1
