@@ -50,7 +50,7 @@ class Drain:
         next_hb = 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_hb:
-                h, p = wire.encode(wire.Kind.HEARTBEAT, wire.json_bytes({"rigd": "bench"}), rig_id=0,
+                h, p = wire.encode(wire.Kind.HEARTBEAT, wire.json_bytes({"rigs": [1]}), rig_id=0,
                                    seq=seq, t_rig_ns=time.monotonic_ns(), t_send_ns=time.monotonic_ns())
                 self.pub.send_multipart([h, p])
                 seq += 1

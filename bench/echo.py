@@ -131,8 +131,9 @@ def main() -> None:
                 if n < internal.size:
                     internal[n] = (time.monotonic_ns() - t_recv) * 1e-3
                     n += 1
-            elif kind == 8:  # heartbeat: answer so the rig's handshake completes
-                pub.send_multipart([HEADER.pack(b"RIGD", 1, 8, 0, 0, 0, 0, 0, 0, 3, seq, 0, 0, 0), b""])
+            elif kind == 8:  # heartbeat: answer as rigd does (listing the rig) so its handshake completes
+                hb = b'{"rigs":[%d]}' % f[8]
+                pub.send_multipart([HEADER.pack(b"RIGD", 1, 8, 1, 1, 0, len(hb), 0, 0, 3, seq, 0, 0, len(hb)), hb])
                 seq += 1
     if a.stats is not None:
         v = internal[:n].astype(np.float64)

@@ -178,6 +178,13 @@ def row(units: int, rigs: int, fl: list[dict[str, Any]], fl_stats: dict[str, Any
          "recorder_max_lag": c.get("recorder_max_lag_records", 0), "late_decisions": c.get("late_decisions", 0),
          "drops": drops, "floor_missing": sum(r["missing_replies"] for r in fl),
          "light_commands": sum(r["light_commands"] for r in rd)}
+    for who, runs in (("floor", fl), ("rigd", rd)):
+        for part in ("there", "back"):
+            for q in ("p50", "p99", "p99_9"):
+                vals = [x[f"{part}_us"][q] for x in runs if x.get(f"{part}_us")]
+                r[f"{who}_{part}_{q}"] = float(np.mean(vals)) if vals else float("nan")
+            vals = [x["slowest_1pct"][f"{part}_us"] for x in runs if x.get("slowest_1pct")]
+            r[f"{who}_{part}_slow"] = float(np.mean(vals)) if vals else float("nan")
     r["ratio_p50"] = r["rigd_p50"] / r["floor_p50"]
     r["ratio_p99"] = r["rigd_p99"] / r["floor_p99"]
     return r
@@ -200,6 +207,26 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['internal_p99_9']:.0f} | {_fmt(r['decision_p50'])} / {_fmt(r['decision_p99'])} | {r['frames']} | "
             f"{r['missing_replies']} / {r['missing_seq']} / "
             f"{r['recorder_dropped']} / {r['late_decisions']} |")
+    return "\n".join(lines)
+
+
+HOPS_HEADER = ("| load | floor: there p50 / p99 / p99.9 | floor: back p50 / p99 / p99.9 | "
+               "rigd: there p50 / p99 / p99.9 | rigd: back p50 / p99 / p99.9 | "
+               "slowest 1 %: there / back, floor → rigd |\n|---|---|---|---|---|---|")
+
+
+def hops_table(rows: list[dict[str, Any]]) -> str:
+    """Each round trip split at the reply's send stamp: frame sent → reply sent ("there": the
+    inbound hop, the wake-up and the processing) and reply sent → reply received ("back")."""
+    def three(r: dict[str, Any], k: str) -> str:
+        return " / ".join(_fmt(r[f"{k}_{q}"]) for q in ("p50", "p99", "p99_9"))
+
+    lines = [HOPS_HEADER]
+    for r in rows:
+        lines.append(f"| {r['label']} | {three(r, 'floor_there')} | {three(r, 'floor_back')} | "
+                     f"{three(r, 'rigd_there')} | {three(r, 'rigd_back')} | "
+                     f"{_fmt(r['floor_there_slow'])} / {_fmt(r['floor_back_slow'])} → "
+                     f"{_fmt(r['rigd_there_slow'])} / {_fmt(r['rigd_back_slow'])} |")
     return "\n".join(lines)
 
 
@@ -280,7 +307,8 @@ def main() -> None:
                 proto_text = prototype_table(units, proto, rows[-1])
             loads.append(os.getloadavg()[0])
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    text = table(rows)
+    text = table(rows) + "\n\nWhere the round trip goes (µs; \"there\" = frame sent → reply handed to its socket, " \
+        "\"back\" = reply socket → rig):\n\n" + hops_table(rows)
     if proto_text:
         text += "\n\n" + proto_text
     print(text)

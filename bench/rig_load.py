@@ -60,16 +60,19 @@ def main() -> None:
     if a.raw_channels:
         desc.update(raw_channels=a.raw_channels, sample_rate_hz=30_000.0)
     hb = wire.json_bytes(desc)
-    # handshake (both modes: the echo answers heartbeats too)
+    # handshake (docs/wire-protocol.md; both modes: the echo answers heartbeats as rigd does):
+    # heartbeats until the other side's heartbeat lists this rig
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    listed = False
+    while time.monotonic() < deadline and not listed:
         send(wire.Kind.HEARTBEAT, 3, hb)
-        if sub.poll(100):
-            sub.recv_multipart()
-            break
-    else:
+        while not listed and sub.poll(100):
+            frames = sub.recv_multipart()
+            h = wire.unpack_header(frames[0])
+            if h.kind == wire.Kind.HEARTBEAT and h.payload_nbytes:
+                listed = a.rig_id in wire.payload_json(h, frames[1]).get("rigs", [])
+    if not listed:
         raise SystemExit("no answer from the other side")
-    send(wire.Kind.HEARTBEAT, 3, hb)
     time.sleep(0.3)
     while sub.poll(0):
         sub.recv_multipart()
@@ -85,6 +88,10 @@ def main() -> None:
     n_total = int(a.seconds * a.rate)
     n_warm = int(a.warmup_s * a.rate)
     rtt = np.full(n_total, np.nan)
+    # the two hops of each round trip, split at the reply's own t_send stamp (CLOCK_MONOTONIC is
+    # one clock for every process on the machine): frame sent → reply handed to its socket (the
+    # inbound hop, the wake-up and the other side's processing), then reply socket → here
+    there = np.full(n_total, np.nan)
     sent_at = np.zeros(n_total, dtype=np.int64)
     replies = 0
     acks = 0
@@ -111,6 +118,7 @@ def main() -> None:
                 k = int(row[0]) - first_seq
                 if 0 <= k < n_total and sent_at[k]:
                     rtt[k] = (now - sent_at[k]) / 1e3
+                    there[k] = (h.t_send_ns - sent_at[k]) / 1e3
                     replies += 1
             elif h.kind == wire.Kind.LIGHT_COMMAND and h.rig_id == a.rig_id:
                 c = wire.unpack_light_command(p_b)
@@ -171,10 +179,20 @@ def main() -> None:
     ok = r[np.isfinite(r)]
     pct = {f"p{q}".replace(".", "_"): float(np.percentile(ok, q)) for q in (50, 99, 99.9)} if ok.size else {}
     late_send = np.diff(sent_at[n_warm:]) / 1e3
+    fin = np.isfinite(r)
+    th, back = there[n_warm:][fin], (r - there[n_warm:])[fin]
+
+    def hop(v: np.ndarray[Any, Any]) -> dict[str, float]:
+        return {f"p{q}".replace(".", "_"): float(np.percentile(v, q)) for q in (50, 99, 99.9)} if v.size else {}
+
+    # where the slowest 1 % of round trips spent their time (medians over those frames)
+    slow = ok >= np.percentile(ok, 99) if ok.size else ok.astype(bool)
+    tail = {"there_us": float(np.median(th[slow])), "back_us": float(np.median(back[slow]))} if ok.size else {}
     print(json.dumps({"mode": a.mode, "units": n_units, "rate": a.rate, "rig_id": a.rig_id, "sent": n_total,
                       "measured": int(r.size), "replies": int(np.isfinite(r).sum()),
                       "missing_replies": int(r.size - np.isfinite(r).sum()), "rtt_us": pct,
                       "rtt_max_us": float(ok.max()) if ok.size else None,
+                      "there_us": hop(th), "back_us": hop(back), "slowest_1pct": tail,
                       "send_interval_p99_us": float(np.percentile(late_send, 99)) if late_send.size else None,
                       "light_commands": commands, "acks": acks}))
     pub.close(linger=2000)

@@ -35,6 +35,8 @@ class Received:
 
     commands: list[wire.LightCommandFields] = field(default_factory=list)
     heartbeats: int = 0
+    #: the rig ids rigd's latest heartbeat says it holds a description of (None: no heartbeat came)
+    rigd_rigs: frozenset[int] | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -134,23 +136,37 @@ class RigClient:
                 if h.kind == wire.Kind.HEARTBEAT:
                     out.heartbeats += 1
                     self.last_rigd_heartbeat_ns = self.clock_ns()
+                    rigs = wire.payload_json(h, frames[1].buffer).get("rigs") if h.payload_nbytes else None
+                    out.rigd_rigs = frozenset(r for r in rigs if isinstance(r, int)) if isinstance(rigs, list) \
+                        else frozenset()
                 elif h.kind == wire.Kind.LIGHT_COMMAND and h.rig_id == self.rig_id:
                     out.commands.append(wire.unpack_light_command(frames[1].buffer))
             except wire.WireError as exc:
                 out.errors.append(str(exc))
 
     def connect(self, timeout_s: float = 10.0) -> None:
-        """Announce the rig with heartbeats until rigd's own heartbeat arrives (both directions up).
+        """Announce the rig with heartbeats until rigd's heartbeat lists this rig's id.
 
-        Raises TimeoutError if rigd does not answer in ``timeout_s``.
+        Seeing rigd's heartbeat alone proves only rigd → rig; PUB/SUB drops what the rig sends
+        before rigd's subscription reaches it, so the rig waits until rigd says it holds this rig's
+        description (both directions up): nothing sent after ``connect`` returns is lost to the join.
+        Raises TimeoutError if that does not happen in ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
+        heard_rigd = False
         while time.monotonic() < deadline:
             self.heartbeat()
-            if self.poll(timeout_ms=100).heartbeats:
-                # one more so rigd surely has our description before the first frame
-                self.heartbeat()
-                return
+            end = min(deadline, time.monotonic() + 0.1)
+            while (left := end - time.monotonic()) > 0:
+                got = self.poll(timeout_ms=max(1, round(left * 1e3)))
+                heard_rigd = heard_rigd or bool(got.heartbeats)
+                if got.rigd_rigs is not None and self.rig_id in got.rigd_rigs:
+                    return
+        if heard_rigd:
+            raise TimeoutError(f"rigd answers but does not list rig {self.rig_id} after {timeout_s} s "
+                               f"(is {self.rig_id} among the config's rig_ids, and does the description "
+                               f"carry 'n_units'? rigd status counts errors.ingest.unknown_rig and "
+                               f"errors.heartbeat)")
         raise TimeoutError(f"rigd did not answer within {timeout_s} s "
                            f"(is it running and are the endpoints right?)")
 

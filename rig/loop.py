@@ -72,6 +72,7 @@ class TrialBook:
     refused: list[str] = field(default_factory=list)
     late_decisions: int = 0
     t_start_rig_ns: int = 0
+    start_inferred: bool = False  #: opened by a later event: the trial's ``trial_start`` never arrived
     cd_end_delay: tuple[float, float] = (float("nan"), float("nan"))
 
 
@@ -89,6 +90,7 @@ class RigPipeline:
     decoder: OnlineDecoder | None = None
     last_seq: dict[int, int] = field(default_factory=dict)
     books: dict[int, TrialBook] = field(default_factory=dict)
+    last_book_trial: int = -1  #: the newest trial a book was opened for (older ones are summarised)
     sent_commands: dict[int, dict[str, Any]] = field(default_factory=dict)
     fit_future: concurrent.futures.Future[Any] | None = None
     fit_decoder: OnlineDecoder | None = None
@@ -197,6 +199,7 @@ class HotLoop:
         self.publish_estimates = publish_estimates
         self._cmd_seq = 0
         self._hb_seq = 0
+        self._hb_payload = wire.json_bytes({"rigs": []})  #: the rigs rigd holds a description of
         self._est_seq = 0
         self._est_out = bytearray(_EST_ROW.size)
         self._est_header = bytearray(wire.pack_header(wire.Kind.DECODER_OUTPUT, wire.DType.F64, (8,), rig_id=0,
@@ -370,7 +373,8 @@ class HotLoop:
     # -- outgoing -----------------------------------------------------------------------------
 
     def _heartbeat(self, now: int) -> None:
-        h, p = wire.encode(wire.Kind.HEARTBEAT, None, rig_id=RIGD_RIG_ID, stream_id=3,
+        """Send the heartbeat: it lists the rigs whose description it holds (a rig's handshake waits for its id)."""
+        h, p = wire.encode(wire.Kind.HEARTBEAT, self._hb_payload, rig_id=RIGD_RIG_ID, stream_id=3,
                            seq=self._hb_seq, t_rig_ns=now, t_send_ns=now)
         self._hb_seq += 1
         self.pub.send_multipart([h, p])
@@ -556,6 +560,9 @@ class HotLoop:
         pl.decoder = self._new_decoder(rig_id, desc)
         self.pipelines[rig_id] = pl
         self.recorder.log({"type": "rig", "event": "connected", "rig_id": rig_id, "description": desc}, now)
+        # tell the rig at once that rigd has heard it: its handshake ends on this heartbeat, not 100 ms later
+        self._hb_payload = wire.json_bytes({"rigs": sorted(self.pipelines)})
+        self._heartbeat(now)
         return pl
 
     def _new_decoder(self, rig_id: int, desc: dict[str, Any]) -> OnlineDecoder | None:
@@ -655,10 +662,11 @@ class HotLoop:
         name = ev["event"]
         trial = int(ev["trial"])
         if name == "trial_start":
-            # a trial whose end never arrived is closed now (robust to a lost trial_end)
-            for t in [t for t in pl.books if t < trial]:
-                self._finish_trial(pl, t)
-            pl.books[trial] = TrialBook(trial, _SIDE.get(str(ev.get("instructed")), 0), t_start_rig_ns=t_rig_ns)
+            if trial <= pl.last_book_trial and trial not in pl.books:  # already summarised: late or repeated
+                self.counters.inc("events.after_trial_end")
+                pl.tracker.on_event(ev, t_rig_ns)  # the tracker counts it late
+                return
+            self._open_book(pl, trial, t_rig_ns, _SIDE.get(str(ev.get("instructed")), 0))
             pl.tracker.on_event(ev, t_rig_ns)
             if pl.decoder is not None:
                 pl.decoder.on_trial_start(trial)
@@ -671,8 +679,14 @@ class HotLoop:
         pl.tracker.on_event(ev, t_rig_ns)
         book = pl.books.get(trial)
         if book is None:
+            if trial <= pl.last_book_trial:  # its trial is already summarised (the tracker counts it late)
+                self.counters.inc("events.after_trial_end")
+                return
+            # its trial_start was lost: the tracker inferred the trial, and so does its summary, so the
+            # light, refusals and late decisions of the trial are still attributed to it
             self.counters.inc("events.without_trial_start")
-            return
+            book = self._open_book(pl, trial, t_rig_ns, 0)
+            book.start_inferred = True
         if name == "early_lick":
             book.early_lick = True
         elif name == "outcome":
@@ -682,6 +696,18 @@ class HotLoop:
             book.reaction_time_s = float(rt) if isinstance(rt, int | float) else None
             if book.outcome == "early_lick":
                 book.early_lick = True
+
+    def _open_book(self, pl: RigPipeline, trial: int, t_rig_ns: int, instructed: int) -> TrialBook:
+        # a trial whose end never arrived is closed now (robust to a lost trial_end)
+        for t in [t for t in pl.books if t < trial]:
+            self._finish_trial(pl, t)
+        book = pl.books.get(trial)
+        if book is None:
+            book = pl.books[trial] = TrialBook(trial, instructed, t_start_rig_ns=t_rig_ns)
+        else:  # a trial_start after the trial was inferred (out of order): it fills in what it knows
+            book.instructed, book.t_start_rig_ns = instructed or book.instructed, t_rig_ns
+        pl.last_book_trial = max(pl.last_book_trial, trial)
+        return book
 
     def _finish_trial(self, pl: RigPipeline, trial: int) -> None:
         book = pl.books.pop(trial, None)
@@ -705,7 +731,7 @@ class HotLoop:
             "late_decisions": book.late_decisions, "decision": decision,
             "cd_end_delay_left": _finite(book.cd_end_delay[0]),
             "cd_end_delay_right": _finite(book.cd_end_delay[1]),
-            "t_start_rig_ns": book.t_start_rig_ns,
+            "t_start_rig_ns": book.t_start_rig_ns, "start_inferred": book.start_inferred,
         }
         self.recorder.log(summary, time.monotonic_ns())
         pl.trials_done += 1

@@ -59,16 +59,21 @@ class RawRig:
         d = desc if desc is not None else {"rig": "raw", "n_units": N_UNITS, "units_left": 40, "bin_s": 0.001}
         self.send(self.msg(wire.Kind.HEARTBEAT, wire.json_bytes(d), stream=3))
 
-    def handshake(self) -> None:
+    def handshake(self, rig_id: int = 1) -> None:
+        """Heartbeats until rigd's heartbeat lists ``rig_id`` (docs/wire-protocol.md)."""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             self.heartbeat()
-            if self.sub.poll(100):
-                self.sub.recv_multipart()
-                self.heartbeat()
-                time.sleep(0.2)
-                return
-        raise TimeoutError("rigd did not answer the handshake")
+            while self.sub.poll(100):
+                h, p = self.sub.recv_multipart()
+                hd = wire.unpack_header(h)
+                if hd.kind == wire.Kind.HEARTBEAT and rig_id in wire.payload_json(hd, p).get("rigs", []):
+                    return
+        raise TimeoutError("rigd did not list this rig in its heartbeat")
+
+    def event(self, name: str, trial: int, **fields: Any) -> None:
+        self.send(self.msg(wire.Kind.TRIAL_EVENT, wire.json_bytes({"event": name, "trial": trial, **fields}),
+                           stream=1))
 
     def close(self) -> None:
         self.pub.close(linger=1000)
@@ -274,3 +279,67 @@ def test_a_decision_past_its_deadline_is_dropped_never_sent_late(tmp_path: Path)
     trials = Session.open(r.session_dir()).trials()
     late = [t for t in trials if t["late_decisions"]]
     assert late and all(t["light"] is None for t in late)
+    # every dropped decision is attributed to a recorded trial
+    assert sum(t["late_decisions"] for t in trials) == st["counters"]["late_decisions"]
+
+
+def test_the_handshake_ends_only_when_rigd_lists_the_rig(tmp_path: Path) -> None:
+    # rigd's heartbeat names the rigs it has heard; a rig it will not accept is told why, not left
+    # to stream into the void (PUB/SUB drops silently what is sent before the subscription is up)
+    from rig.client import RigClient
+
+    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, name="hs") as r:
+        r.wait_ready()
+        ctx = zmq.Context()
+        listen = ctx.socket(zmq.SUB)
+        listen.setsockopt(zmq.SUBSCRIBE, b"")
+        listen.connect(command)
+        assert listen.poll(5000)
+        h, p = listen.recv_multipart()
+        assert wire.payload_json(wire.unpack_header(h), p) == {"rigs": []}  # nobody has announced yet
+        stranger = RigClient(7, ingest, command, {"rig": "stranger", "n_units": N_UNITS})
+        with pytest.raises(TimeoutError, match="does not list rig 7"):
+            stranger.connect(timeout_s=1.5)
+        stranger.close()
+        rig = RigClient(1, ingest, command, {"rig": "lab", "n_units": N_UNITS, "units_left": 40})
+        rig.connect(timeout_s=10)
+        rig.close()
+        listed = []
+        t_end = time.monotonic() + 0.5  # rigd heartbeats every 100 ms
+        while time.monotonic() < t_end and listen.poll(200):
+            h, p = listen.recv_multipart()
+            listed.append(wire.payload_json(wire.unpack_header(h), p)["rigs"])
+        assert listed and listed[-1] == [1]  # rig 1 is held; the stranger never was
+        listen.close()
+        ctx.term()
+        assert r.status()["counters"]["errors.ingest.unknown_rig"] >= 1
+
+
+def test_a_trial_whose_trial_start_was_lost_still_gets_its_summary(tmp_path: Path) -> None:
+    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, name="lost") as r:
+        r.wait_ready()
+        rig = RawRig(ingest, command)
+        rig.handshake()
+        for trial in (0, 1):
+            if trial == 1:  # trial 0's trial_start "was lost"
+                rig.event("trial_start", 1, instructed="left", delay_s=1.2)
+            for name in ("sample_on", "delay_on", "go_cue"):
+                rig.event(name, trial)
+                for _ in range(5):
+                    rig.send(rig.counts())
+            rig.event("outcome", trial, outcome="hit", choice="left", reaction_time_s=0.2)
+            rig.event("trial_end", trial)
+        rig.event("lick", 0, side="left")  # an event for a trial already summarised
+        time.sleep(1.0)
+        counters = r.status()["counters"]
+        rig.close()
+        assert r.cli("stop", "--name", "lost").returncode == 0
+    from rig.session import Session
+
+    trials = {t["trial"]: t for t in Session.open(r.session_dir()).trials()}
+    assert sorted(trials) == [0, 1]
+    assert trials[0]["start_inferred"] and trials[0]["outcome"] == "hit" and trials[0]["instructed"] is None
+    assert not trials[1]["start_inferred"] and trials[1]["instructed"] == "left"
+    assert counters["events.without_trial_start"] == 1 and counters["events.after_trial_end"] == 1

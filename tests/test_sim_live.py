@@ -47,7 +47,9 @@ class FakeRigd:
         self.acks: list[wire.LightAckFields] = []
 
     def heartbeat(self) -> None:
-        h, p = wire.encode(wire.Kind.HEARTBEAT, wire.json_bytes({"rigd": True}), rig_id=0,
+        # like rigd's: lists the rigs whose description arrived (the rig's handshake waits for that)
+        rigs = [RIG_ID] if self.heartbeats else []  # (pump asserts every message is from RIG_ID)
+        h, p = wire.encode(wire.Kind.HEARTBEAT, wire.json_bytes({"rigs": rigs}), rig_id=0,
                            seq=self.hb_seq, t_rig_ns=time.monotonic_ns(), t_send_ns=time.monotonic_ns())
         self.hb_seq += 1
         self.pub.send_multipart([h, p])

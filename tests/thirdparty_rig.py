@@ -59,18 +59,17 @@ def main() -> int:
 
     desc = json.dumps({"rig": "thirdparty", "n_units": args.units, "units_left": args.units // 2,
                        "units_right": args.units - args.units // 2, "bin_s": 0.001}).encode()
-    # handshake: heartbeats until rigd's heartbeat arrives (both directions up)
+    # handshake: heartbeats until rigd's heartbeat lists this rig id (then both directions are up)
     deadline = time.monotonic() + 20
     up = False
     while time.monotonic() < deadline and not up:
         send(HEARTBEAT, 3, desc)
-        if sub.poll(100):
-            h = HEADER.unpack(sub.recv_multipart()[0])
-            up = h[2] == HEARTBEAT
+        while not up and sub.poll(100):
+            hb, payload = sub.recv_multipart()
+            up = HEADER.unpack(hb)[2] == HEARTBEAT and args.rig_id in json.loads(payload or b"{}").get("rigs", [])
     if not up:
-        print(json.dumps({"error": "rigd did not answer"}))
+        print(json.dumps({"error": "rigd did not list this rig"}))
         return 1
-    send(HEARTBEAT, 3, desc)
     rng = random.Random(1)
     commands: list[dict] = []
     heartbeats_from_rigd = 0
