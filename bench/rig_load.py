@@ -177,13 +177,14 @@ def main() -> None:
         drain(50)
     r = rtt[n_warm:]
     ok = r[np.isfinite(r)]
-    pct = {f"p{q}".replace(".", "_"): float(np.percentile(ok, q)) for q in (50, 99, 99.9)} if ok.size else {}
+
+    def percentiles(v: np.ndarray[Any, Any]) -> dict[str, float]:
+        return {f"p{q}".replace(".", "_"): float(np.percentile(v, q)) for q in (50, 99, 99.9)} if v.size else {}
+
+    pct = percentiles(ok)
     late_send = np.diff(sent_at[n_warm:]) / 1e3
     fin = np.isfinite(r)
     th, back = there[n_warm:][fin], (r - there[n_warm:])[fin]
-
-    def hop(v: np.ndarray[Any, Any]) -> dict[str, float]:
-        return {f"p{q}".replace(".", "_"): float(np.percentile(v, q)) for q in (50, 99, 99.9)} if v.size else {}
 
     # where the slowest 1 % of round trips spent their time (medians over those frames)
     slow = ok >= np.percentile(ok, 99) if ok.size else ok.astype(bool)
@@ -192,7 +193,7 @@ def main() -> None:
                       "measured": int(r.size), "replies": int(np.isfinite(r).sum()),
                       "missing_replies": int(r.size - np.isfinite(r).sum()), "rtt_us": pct,
                       "rtt_max_us": float(ok.max()) if ok.size else None,
-                      "there_us": hop(th), "back_us": hop(back), "slowest_1pct": tail,
+                      "there_us": percentiles(th), "back_us": percentiles(back), "slowest_1pct": tail,
                       "send_interval_p99_us": float(np.percentile(late_send, 99)) if late_send.size else None,
                       "light_commands": commands, "acks": acks}))
     pub.close(linger=2000)

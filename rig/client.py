@@ -136,7 +136,7 @@ class RigClient:
                 if h.kind == wire.Kind.HEARTBEAT:
                     out.heartbeats += 1
                     self.last_rigd_heartbeat_ns = self.clock_ns()
-                    rigs = wire.payload_json(h, frames[1].buffer).get("rigs") if h.payload_nbytes else None
+                    rigs = wire.payload_json(h, frames[1].buffer).get("rigs")
                     out.rigd_rigs = frozenset(r for r in rigs if isinstance(r, int)) if isinstance(rigs, list) \
                         else frozenset()
                 elif h.kind == wire.Kind.LIGHT_COMMAND and h.rig_id == self.rig_id:

@@ -661,11 +661,11 @@ class HotLoop:
     def _on_event(self, pl: RigPipeline, ev: dict[str, Any], t_rig_ns: int) -> None:
         name = ev["event"]
         trial = int(ev["trial"])
+        if trial <= pl.last_book_trial and trial not in pl.books:  # its trial is already summarised
+            self.counters.inc("events.after_trial_end")
+            pl.tracker.on_event(ev, t_rig_ns)  # the tracker counts it late
+            return
         if name == "trial_start":
-            if trial <= pl.last_book_trial and trial not in pl.books:  # already summarised: late or repeated
-                self.counters.inc("events.after_trial_end")
-                pl.tracker.on_event(ev, t_rig_ns)  # the tracker counts it late
-                return
             self._open_book(pl, trial, t_rig_ns, _SIDE.get(str(ev.get("instructed")), 0))
             pl.tracker.on_event(ev, t_rig_ns)
             if pl.decoder is not None:
@@ -679,9 +679,6 @@ class HotLoop:
         pl.tracker.on_event(ev, t_rig_ns)
         book = pl.books.get(trial)
         if book is None:
-            if trial <= pl.last_book_trial:  # its trial is already summarised (the tracker counts it late)
-                self.counters.inc("events.after_trial_end")
-                return
             # its trial_start was lost: the tracker inferred the trial, and so does its summary, so the
             # light, refusals and late decisions of the trial are still attributed to it
             self.counters.inc("events.without_trial_start")

@@ -13,6 +13,8 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import pytest
 import zmq
 
 from rig import wire
-from tests.rigd_process import REPO, RIGD, free_port, mosquitto, rigd
+from tests.rigd_process import REPO, RIGD, Rigd, free_port, mosquitto, rigd
 
 pytestmark = pytest.mark.slow
 N_UNITS = 80
@@ -81,14 +83,21 @@ class RawRig:
         self.ctx.term()
 
 
+@contextmanager
+def external_rigd(tmp_path: Path, name: str, *args: str) -> Iterator[tuple[Rigd, str, str]]:
+    """A ready rigd waiting for a lab rig on free ports: (rigd, ingest, command)."""
+    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, *args, name=name) as r:
+        r.wait_ready()
+        yield r, ingest, command
+
+
 def _patch(header: bytes, offset: int, value: bytes) -> bytes:
     return header[:offset] + value + header[offset + len(value):]
 
 
 def test_every_kind_of_bad_input_is_counted_and_the_loop_keeps_running(tmp_path: Path) -> None:
-    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, name="bad") as r:
-        r.wait_ready()
+    with external_rigd(tmp_path, "bad") as (r, ingest, command):
         rig = RawRig(ingest, command)
         rig.handshake()
         for _ in range(10):
@@ -238,9 +247,7 @@ def test_mosquitto_broker_going_away_does_not_stall_the_loop_and_last_will_marks
 
 
 def test_rig_written_from_the_wire_doc_gets_light_commands(tmp_path: Path) -> None:
-    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, name="tp") as r:
-        r.wait_ready()
+    with external_rigd(tmp_path, "tp") as (r, ingest, command):
         res = subprocess.run([sys.executable, str(REPO / "tests" / "thirdparty_rig.py"), ingest, command,
                               "--trials", "12", "--until-light"], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
@@ -261,10 +268,7 @@ def test_rig_written_from_the_wire_doc_gets_light_commands(tmp_path: Path) -> No
 
 def test_a_decision_past_its_deadline_is_dropped_never_sent_late(tmp_path: Path) -> None:
     # a 1 µs budget cannot be met by any real loop: every light decision must be dropped and counted
-    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, "--deadline-ms", "0.001",
-              name="late") as r:
-        r.wait_ready()
+    with external_rigd(tmp_path, "late", "--deadline-ms", "0.001") as (r, ingest, command):
         res = subprocess.run([sys.executable, str(REPO / "tests" / "thirdparty_rig.py"), ingest, command,
                               "--trials", "6"], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
@@ -288,9 +292,7 @@ def test_the_handshake_ends_only_when_rigd_lists_the_rig(tmp_path: Path) -> None
     # to stream into the void (PUB/SUB drops silently what is sent before the subscription is up)
     from rig.client import RigClient
 
-    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, name="hs") as r:
-        r.wait_ready()
+    with external_rigd(tmp_path, "hs") as (r, ingest, command):
         ctx = zmq.Context()
         listen = ctx.socket(zmq.SUB)
         listen.setsockopt(zmq.SUBSCRIBE, b"")
@@ -317,9 +319,7 @@ def test_the_handshake_ends_only_when_rigd_lists_the_rig(tmp_path: Path) -> None
 
 
 def test_a_trial_whose_trial_start_was_lost_still_gets_its_summary(tmp_path: Path) -> None:
-    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, name="lost") as r:
-        r.wait_ready()
+    with external_rigd(tmp_path, "lost") as (r, ingest, command):
         rig = RawRig(ingest, command)
         rig.handshake()
         for trial in (0, 1):
