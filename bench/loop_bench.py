@@ -43,6 +43,7 @@ TRANSPORT = {"kind": "tcp"}
 PIN: dict[str, int | None] = {"cpu": None}
 #: poll-ahead window (µs) for rigd (``--poll-ahead``) and, with ``--poll-ahead-floor``, for the echo too
 POLL_AHEAD = {"rigd": 0, "floor": 0}
+UI = {"on": False}  #: rigd with its web live view (and so its recorder tap) on a free port
 
 
 def _set_pinning(on: bool) -> None:
@@ -134,7 +135,8 @@ def rigd(units: int, seconds: float, tmp: Path, rigs: int = 1, raw_channels: int
         pin += ["--poll-ahead-us", str(POLL_AHEAD["rigd"])]
     proc = subprocess.Popen([RIGD, "start", *pin, "--rig", "external", "--config", str(cfg), "--ingest", ingest,
                              "--command", command, "--publish-estimates", "--decoder-file", str(dec),
-                             "--session-dir", str(tmp / "sessions"), "--no-ui", "--no-live", "--name", "bench"],
+                             "--session-dir", str(tmp / "sessions"), "--ui" if UI["on"] else "--no-ui", "--no-live",
+                             "--name", "bench"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
         deadline = time.monotonic() + 60
@@ -280,8 +282,11 @@ def main() -> None:
                     help="give the raw echo floor (and the bare prototype) the same poll-ahead")
     ap.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                     help="tcp://127.0.0.1 (default) or ipc:// (Unix sockets, one host)")
+    ap.add_argument("--ui", action="store_true",
+                    help="run rigd with its web live view (rigd start's default; without it, --no-ui)")
     a = ap.parse_args()
     TRANSPORT["kind"] = a.transport
+    UI["on"] = a.ui
     _set_pinning(a.pin)
     POLL_AHEAD["rigd"] = a.poll_ahead
     POLL_AHEAD["floor"] = a.poll_ahead if a.poll_ahead_floor else 0
@@ -295,7 +300,7 @@ def main() -> None:
             plan.append((384, 1, 384))
         for units, rigs, raw in plan:
             label = (f"{units} units" + (f", {rigs} rigs" if rigs > 1 else "") + (" (raw 30 kHz chunks)" if raw else "")
-                     + (", ipc" if a.transport == "ipc" else ""))
+                     + (", ipc" if a.transport == "ipc" else "") + (", live view" if a.ui else ""))
             print(f"… {label}: floor", file=sys.stderr, flush=True)
             fl, fl_stats = floor(units, a.seconds, tmp, rigs, raw)
             print(f"… {label}: rigd", file=sys.stderr, flush=True)

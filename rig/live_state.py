@@ -27,6 +27,8 @@ import numpy.typing as npt
 
 from rig import wire
 from rig.conditions import trial_condition
+from rig.live_raster import ColumnRing, LiveRaster
+from rig.record_ring import record_at
 from rig.session import RIGD_RIG_ID
 
 NS = 1_000_000_000
@@ -69,27 +71,6 @@ class Cursor:
     decoder: int = -1
 
 
-class _Ring:
-    """A fixed-capacity ring of rows with a monotonic write counter."""
-
-    def __init__(self, capacity: int, width: int, dtype: npt.DTypeLike) -> None:
-        self.capacity = capacity
-        self.data = np.zeros((capacity, width), dtype=dtype)
-        self.written = 0
-
-    def push(self, row: npt.NDArray[Any]) -> None:
-        self.data[self.written % self.capacity] = row
-        self.written += 1
-
-    def since(self, cursor: int) -> tuple[npt.NDArray[Any], bool]:
-        """Rows written after ``cursor`` (all held rows if the cursor is too old: reset=True)."""
-        first = self.written - min(self.written, self.capacity)
-        reset = cursor < first - 1 or cursor < 0
-        start = max(cursor + 1, first)
-        idx = np.arange(start, self.written) % self.capacity
-        return self.data[idx], reset
-
-
 class LiveState:
     """Bounded live picture of a session, fed by a recorder tap.
 
@@ -117,18 +98,10 @@ class LiveState:
         self.t_last_ns = 0  #: latest rig time seen
         # raster
         self.rig_id: int | None = None
-        self.n_units = 0
-        self.units_left = 0
-        self.rows_left = 0
-        self.rows_right = 0
-        self._group = np.zeros(0, dtype=np.intp)
-        self._acc = np.zeros(0, dtype=np.int64)
-        self._col_id: int | None = None
-        self._raster: _Ring | None = None
-        self._raster_t: _Ring | None = None
-        self.frames = 0
+        self.raster = LiveRaster(self.n_columns, self.column_ns, self.max_rows)
+        self.span_folded = 0  #: frames folded by the compiled span path (the rest went record by record)
         # decoder: t_s (trial time), left, right, value; plus rig time column
-        self._dec = _Ring(self.n_columns, 5, np.float64)
+        self._dec = ColumnRing(self.n_columns, 5, np.float64)
         self.decoder_rows = 0
         # trials and events
         self._trials: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
@@ -154,11 +127,46 @@ class LiveState:
         """Fold one recorded message into the state (the recorder tap; cheap; never raises)."""
         if not self.enabled:
             return
+        with self._lock:
+            self._record(header, payload, t_local_ns)
+
+    def on_span(self, buf: npt.NDArray[np.uint8], pos: int, n: int) -> None:
+        """Fold ``n`` whole records at ``buf[pos:]`` (the recorder's span tap; never raises).
+
+        The rig's spike-count frames go through one compiled call per run of them
+        (:meth:`LiveRaster.fold_span`, GIL released); every other record through :meth:`on_record`'s path.
+        """
+        if not self.enabled:
+            return
+        view = buf.data
+        with self._lock:
+            while n > 0:
+                if self.rig_id is not None and self.t0_ns is not None:
+                    k, pos, self.t_last_ns = self.raster.fold_span(buf, pos, n, self.rig_id, self.t_last_ns)
+                    if k:
+                        self.records_by_kind["SPIKE_COUNTS"] += k
+                        self.span_folded += k
+                        n -= k
+                        if not n:
+                            break
+                hb, pb, t, pos = record_at(view, pos)
+                n -= 1
+                try:
+                    h = wire.unpack_header(hb)
+                except wire.WireError:
+                    continue  # as the recorder's per-record taps: a header rigd could not parse is not shown
+                self._record(h, pb, t)
+
+    def _record(self, header: wire.Header, payload: memoryview, t_local_ns: int) -> None:
         try:
-            with self._lock:
-                self._on_record(header, payload, t_local_ns)
+            self._on_record(header, payload, t_local_ns)
         except (wire.WireError, ValueError, TypeError, KeyError):
             self.errors += 1
+
+    @property
+    def frames(self) -> int:
+        """Spike-count frames of the raster's rig folded so far."""
+        return self.raster.frames
 
     def _see_time(self, t_ns: int) -> None:
         if t_ns <= 0:
@@ -192,26 +200,9 @@ class LiveState:
         self.rig_description = desc
         n = int(desc.get("n_units", 0))
         left = int(desc.get("units_left", n // 2))
-        if n > 0 and (n != self.n_units or left != self.units_left):
-            self._layout(n, left)
-
-    def _layout(self, n_units: int, units_left: int) -> None:
-        """Group units into at most ``max_rows`` raster rows per hemisphere (left rows first)."""
-        units_left = min(max(units_left, 0), n_units)
-        units_right = n_units - units_left
-        self.n_units, self.units_left = n_units, units_left
-        self.rows_left = min(units_left, self.max_rows)
-        self.rows_right = min(units_right, self.max_rows)
-        group = np.empty(n_units, dtype=np.intp)
-        if units_left:
-            group[:units_left] = np.arange(units_left) * self.rows_left // units_left
-        if units_right:
-            group[units_left:] = self.rows_left + np.arange(units_right) * self.rows_right // units_right
-        self._group = group
-        self._acc = np.zeros(n_units, dtype=np.int64)
-        self._col_id = None
-        self._raster = _Ring(self.n_columns, self.rows_left + self.rows_right, np.uint16)
-        self._raster_t = _Ring(self.n_columns, 1, np.int64)
+        r = self.raster
+        if n > 0 and (n != r.n_units or left != r.units_left):
+            r.layout(n, left)
 
     def _on_counts(self, h: wire.Header, counts: npt.NDArray[Any]) -> None:
         if self.rig_id is None:
@@ -219,22 +210,10 @@ class LiveState:
         elif h.rig_id != self.rig_id:
             return  # one rig per raster: the first one seen
         c = counts.reshape(-1)
-        if c.size != self.n_units:
-            self._layout(c.size, int(self.rig_description.get("units_left", c.size // 2)))
+        if c.size != self.raster.n_units:
+            self.raster.layout(c.size, int(self.rig_description.get("units_left", c.size // 2)))
         self._see_time(h.t_rig_ns)
-        col = h.t_rig_ns // self.column_ns
-        if self._col_id is not None and col != self._col_id:
-            self._close_column()
-        self._col_id = col
-        self._acc += c
-        self.frames += 1
-
-    def _close_column(self) -> None:
-        assert self._raster is not None and self._raster_t is not None and self._col_id is not None
-        rows = np.bincount(self._group, weights=self._acc, minlength=self.rows_left + self.rows_right)
-        self._raster.push(np.minimum(rows, 65535).astype(np.uint16))
-        self._raster_t.push(np.array([(self._col_id + 1) * self.column_ns]))
-        self._acc[:] = 0
+        self.raster.add(h.t_rig_ns, c)
 
     def _on_decoder(self, rows: npt.NDArray[Any]) -> None:
         r = rows.reshape(-1, rows.shape[-1]).astype(np.float64)
@@ -367,13 +346,14 @@ class LiveState:
         with self._lock:
             t_now = self.t_last_ns
             lo_ns = t_now - int(self.window_s * NS)
-            raster: dict[str, Any] = {"rows_left": self.rows_left, "rows_right": self.rows_right,
+            r = self.raster
+            raster: dict[str, Any] = {"rows_left": r.rows_left, "rows_right": r.rows_right,
                                       "column_s": self.column_ns / NS, "t": [], "cols": [], "reset": True}
-            if self._raster is not None and self._raster_t is not None:
-                cols, reset = self._raster.since(cur.raster)
-                ts, _ = self._raster_t.since(cur.raster)
+            if r.columns is not None and r.ends is not None:
+                cols, reset = r.columns.since(cur.raster)
+                ts, _ = r.ends.since(cur.raster)
                 raster.update(t=[self._sec(float(t)) for t in ts[:, 0]], cols=cols.tolist(), reset=reset)
-                cur.raster = self._raster.written - 1
+                cur.raster = r.columns.written - 1
             dec, dreset = self._dec.since(cur.decoder)
             cur.decoder = self._dec.written - 1
             decoder = {"reset": dreset, "t": [self._sec(float(x)) for x in dec[:, 0]],
@@ -397,7 +377,7 @@ class LiveState:
                      for b in self._light.values() if b["t_off"] >= lo_ns]
             return {
                 "t_now": self._sec(t_now) if self.t0_ns is not None else 0.0,
-                "window_s": self.window_s, "frames": self.frames, "decoder_rows": self.decoder_rows,
+                "window_s": self.window_s, "frames": self.raster.frames, "decoder_rows": self.decoder_rows,
                 "trials_done": self.trials_done, "raster": raster, "decoder": decoder,
                 "epochs": epochs, "light": light, "outcomes": self.outcome_table(),
                 "recent_trials": list(self.recent_trials)[-15:],

@@ -133,7 +133,7 @@ class LiveView:
     async def start(self) -> str:
         """Start serving; returns the page URL (``http://host:port/``)."""
         if not self._tapped:
-            self.service.recorder.add_tap(self.state.on_record)
+            self.service.recorder.add_tap(self.state.on_record, span=self.state.on_span)
             self._tapped = True
         self.state.enabled = True
         self._closing.clear()

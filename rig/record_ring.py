@@ -103,6 +103,14 @@ def seal(buf: Any, start: int, stop: int, table: Any) -> tuple[int, int]:  # pra
     return n, pos
 
 
+def record_at(view: memoryview, pos: int) -> tuple[memoryview, memoryview, int, int]:
+    """The sealed record at ``view[pos:]``: ``(wire header, payload, t_local_ns, next position)``."""
+    hl, pl, t, _crc = RECORD.unpack_from(view, pos)
+    b = pos + RECORD_SIZE
+    e = b + (hl & 0xFFFF)
+    return view[b:e], view[e:e + pl], t, e + pl
+
+
 class RingFullError(Exception):
     """Raised internally when a record does not fit; ``put`` turns it into a counted drop."""
 

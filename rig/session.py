@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rig import wire
-from rig.record_ring import CRC_TABLE, RECORD, RecordRing, RingFullError, seal
+from rig.record_ring import CRC_TABLE, RECORD, RecordRing, RingFullError, record_at, seal
 
 COMPRESSED = 1 << 31  #: flag in the record's header_len field: payload stored lz4-compressed
 COMPRESS_MIN_BYTES = 4096
@@ -49,6 +49,8 @@ _JSON_KIND_CODES = {int(wire.Kind.TRIAL_EVENT), int(wire.Kind.HEARTBEAT), int(wi
 LOG_NAME = "wire.rlog"
 MANIFEST_NAME = "manifest.json"
 RIGD_RIG_ID = 0  #: rig id rigd uses for the records it writes itself
+RecordTap = Callable[[wire.Header, memoryview, int], None]  #: ``fn(header, payload, t_local_ns)``
+SpanTap = Callable[[npt.NDArray[np.uint8], int, int], None]  #: ``fn(ring bytes, position, n records)``
 
 
 def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
@@ -94,7 +96,9 @@ class Recorder:
         self.written_bytes = 0
         self.max_lag_records = 0
         self._seq = itertools.count()
-        self._taps: list[Callable[[wire.Header, memoryview, int], None]] = []
+        self._taps: list[RecordTap] = []
+        self._span_taps: list[SpanTap] = []
+        self._record_only: list[RecordTap] = []  # taps without a span form: fed record by record
         self.tap_errors = 0
         self.write_errors = 0
         self.last_error = ""
@@ -135,14 +139,23 @@ class Recorder:
         """Record an alarm."""
         return self.put_message(wire.Kind.ALARM, wire.json_bytes(obj), t_local_ns, stream_id=2)
 
-    def add_tap(self, fn: Callable[[wire.Header, memoryview, int], None]) -> None:
+    def add_tap(self, fn: RecordTap, span: SpanTap | None = None) -> None:
         """Also hand every record, as it is written, to ``fn(header, payload, t_local_ns)``.
 
         Taps run on the writer thread (never the hot path): the live view reads the session this
         way. A tap that raises is counted and otherwise ignored. The payload view is only valid
         during the call (the ring reuses its memory): a tap copies what it keeps.
+
+        ``span``, if given, takes the records that lie in the ring instead, a sealed span at a time:
+        ``span(ring, pos, n)`` with the ring's bytes (uint8 array, valid only during the call) and
+        ``n`` whole records from ``pos`` in the log's record layout (``record_ring.record_at``
+        reads one). Large records, which never enter the ring, still go to ``fn``.
         """
         self._taps.append(fn)
+        if span is None:
+            self._record_only.append(fn)
+        else:
+            self._span_taps.append(span)
 
     @property
     def lag_records(self) -> int:
@@ -183,22 +196,26 @@ class Recorder:
         crc = zlib.crc32(pb, zlib.crc32(hb))
         self._write([RECORD.pack(len(hb) | flags, len(pb), t, crc), hb, pb])
         if self._taps:
-            self._tap(hb, raw, t)
+            self._tap(hb, raw, t, self._taps)
 
     def _tap_span(self, pos: int, n: int) -> None:
-        v = self._ring.view
-        for _ in range(n):
-            hl, pl, t, _crc = RECORD.unpack_from(v, pos)
-            b = pos + RECORD.size
-            self._tap(v[b:b + hl], v[b + hl:b + hl + pl], t)
-            pos = b + hl + pl
+        for span in self._span_taps:
+            try:
+                span(self._ring.buf, pos, n)
+            except Exception:
+                self.tap_errors += 1
+        if self._record_only:
+            v = self._ring.view
+            for _ in range(n):
+                hb, pb, t, pos = record_at(v, pos)
+                self._tap(hb, pb, t, self._record_only)
 
-    def _tap(self, hb: memoryview, pb: Any, t: int) -> None:
+    def _tap(self, hb: memoryview, pb: Any, t: int, taps: list[RecordTap]) -> None:
         try:
             h = wire.unpack_header(hb)
         except wire.WireError:
             return
-        for fn in self._taps:
+        for fn in taps:
             try:
                 fn(h, memoryview(pb), t)
             except Exception:

@@ -359,7 +359,7 @@ def bench(tmp_path: Path) -> Iterator[tuple[BenchService, Publisher]]:
 async def test_live_state_follows_the_recorded_session(bench: tuple[BenchService, Publisher]) -> None:
     svc, pub = bench
     state = LiveState(window_s=5.0, column_s=0.02, max_rows_per_hemisphere=16)
-    svc.recorder.add_tap(state.on_record)
+    svc.recorder.add_tap(state.on_record, span=state.on_span)  # as the live view registers it
     pub.start()
     deadline = time.monotonic() + 15
     while state.n_refusals == 0 and time.monotonic() < deadline:
