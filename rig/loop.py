@@ -673,6 +673,9 @@ class HotLoop:
             pl.interlock.on_trial_start(trial)
             return
         if name == "trial_end":
+            if trial not in pl.books:  # every earlier event of the trial was lost: it still counts as a trial
+                self.counters.inc("events.without_trial_start")
+                self._open_book(pl, trial, t_rig_ns, 0).start_inferred = True
             self._finish_trial(pl, trial)  # controllers read the state before the tracker leaves the trial
             pl.tracker.on_event(ev, t_rig_ns)
             return

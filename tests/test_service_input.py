@@ -331,6 +331,7 @@ def test_a_trial_whose_trial_start_was_lost_still_gets_its_summary(tmp_path: Pat
                     rig.send(rig.counts())
             rig.event("outcome", trial, outcome="hit", choice="left", reaction_time_s=0.2)
             rig.event("trial_end", trial)
+        rig.event("trial_end", 2)  # trial 2: everything but its trial_end "was lost"
         rig.event("lick", 0, side="left")  # an event for a trial already summarised
         time.sleep(1.0)
         counters = r.status()["counters"]
@@ -339,7 +340,8 @@ def test_a_trial_whose_trial_start_was_lost_still_gets_its_summary(tmp_path: Pat
     from rig.session import Session
 
     trials = {t["trial"]: t for t in Session.open(r.session_dir()).trials()}
-    assert sorted(trials) == [0, 1]
+    assert sorted(trials) == [0, 1, 2]
     assert trials[0]["start_inferred"] and trials[0]["outcome"] == "hit" and trials[0]["instructed"] is None
     assert not trials[1]["start_inferred"] and trials[1]["instructed"] == "left"
-    assert counters["events.without_trial_start"] == 1 and counters["events.after_trial_end"] == 1
+    assert trials[2]["start_inferred"] and trials[2]["outcome"] == "unknown" and trials[2]["light"] is None
+    assert counters["events.without_trial_start"] == 2 and counters["events.after_trial_end"] == 1
