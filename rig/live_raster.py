@@ -57,6 +57,12 @@ class ColumnRing:
         self.data[self.count[0] % self.capacity] = row
         self.count[0] += 1
 
+    def push_many(self, rows: npt.NDArray[Any]) -> None:
+        """Write rows in order (one vectorised assignment; only the last ``capacity`` can be kept)."""
+        rows = rows[-self.capacity:]
+        self.data[(self.count[0] + np.arange(rows.shape[0])) % self.capacity] = rows
+        self.count[0] += rows.shape[0]
+
     def since(self, cursor: int) -> tuple[npt.NDArray[Any], bool]:
         """Rows written after ``cursor`` (all held rows if the cursor is too old: reset=True)."""
         written = self.written

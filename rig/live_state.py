@@ -222,11 +222,12 @@ class LiveState:
         self.decoder_rows += r.shape[0]
         t = r[:, _DEC_T_RIG]
         col = np.floor(t / self.column_ns)
-        last = np.r_[col[1:] != col[:-1], True]  # last row of each column
-        for row in r[last]:
-            self._see_time(int(row[_DEC_T_RIG]))
-            self._dec.push(np.array([row[_DEC_T_RIG], row[_DEC_T_S], row[_DEC_LEFT], row[_DEC_RIGHT],
-                                     row[_DEC_VALUE]]))
+        last = r[np.r_[col[1:] != col[:-1], True]]  # last row of each column
+        seen = last[last[:, _DEC_T_RIG] > 0, _DEC_T_RIG]
+        if seen.size:  # as _see_time row by row: the first rig time is the origin, the latest is now
+            self._see_time(int(seen[0]))
+            self._see_time(int(seen.max()))
+        self._dec.push_many(last[:, [_DEC_T_RIG, _DEC_T_S, _DEC_LEFT, _DEC_RIGHT, _DEC_VALUE]])
 
     def _trial(self, k: int) -> dict[str, Any]:
         tr = self._trials.get(k)

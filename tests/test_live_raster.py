@@ -72,6 +72,7 @@ def _stream(rng: np.random.Generator) -> list[tuple[bytes, Any]]:
         if i == 1500:
             rows = np.zeros((1000, len(DECODER_FIELDS)))
             rows[:, 1] = t - np.arange(1000)[::-1] * MS
+            rows[:, 5] = np.arange(1000)  # "left": the row's index
             msg(wire.Kind.DECODER_OUTPUT, rows, t, rig=0)
         if i == 1700:
             h, p = wire.encode(wire.Kind.SPIKE_COUNTS, np.ones(80, np.uint8), rig_id=1, seq=0, t_rig_ns=t,
@@ -99,10 +100,16 @@ def test_span_tap_shows_exactly_what_the_per_record_tap_shows(tmp_path: Path, fl
     assert a == b
     assert by_record.errors == by_span.errors == 6  # the float32 frames, counted by both
     assert rec_a.tap_errors == rec_b.tap_errors == 0
+    # the decoder trace keeps the last row of each 20 ms column of the recorded chunk
+    session = Session.open(tmp_path / "b")
+    (chunk,) = [wire.payload_array(r.header, r.payload) for r in session.records(wire.Kind.DECODER_OUTPUT)]
+    col_of_row = chunk[:, 1] // by_span.column_ns
+    last = [i for i in range(len(chunk)) if i == len(chunk) - 1 or col_of_row[i + 1] != col_of_row[i]]
+    want_left = [float(chunk[i, 5]) for i in last]
+    assert len(want_left) in (50, 51) and b["decoder"]["left"] == want_left
     n_frames = a["records"]["SPIKE_COUNTS"]
     assert by_span.span_folded > 0.9 * n_frames and by_record.span_folded == 0
     # the last layout's columns hold the recorded counts of the raster rig's frames
-    session = Session.open(tmp_path / "b")
     frames = [(r.header.t_rig_ns, wire.payload_array(r.header, r.payload).astype(np.int64))
               for r in session.records(wire.Kind.SPIKE_COUNTS, rig_id=1) if r.header.dtype != wire.DType.F32]
     cols = np.array(b["raster"]["cols"])
