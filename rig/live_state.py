@@ -3,9 +3,11 @@
 :class:`LiveState` owns a small, bounded picture of the last few seconds of a running session:
 a downsampled spike raster of both hemispheres, the decoder's CD projection per hemisphere, the
 trials' epochs (for shading), light commands and their acknowledgements (light-on bars), the
-per-condition outcome table, recent trials and alarms. It is fed by :meth:`LiveState.on_record`,
-which the live view registers as a recorder tap: it therefore runs on the recorder's writer
-thread, after the hot path has handed the message off, and never on the per-frame chain. It
+per-condition outcome table, recent trials and alarms (the raster itself: rig/live_raster.py).
+It is fed by :meth:`LiveState.on_span` and :meth:`LiveState.on_record`, which the live view
+registers as a recorder tap: they therefore run on the recorder's writer thread, after the hot
+path has handed the message off, and never on the per-frame chain; spike-count frames, the one
+record of every bin, are folded in compiled code a ring span at a time, without the GIL. It
 must not touch sockets, clocks or the service; readers take a JSON-ready :meth:`snapshot`
 (with cursors, so a client receives only the raster columns it has not seen yet).
 
