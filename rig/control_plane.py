@@ -2,8 +2,8 @@
 
 Topics (all under ``rigd/<name>/``, documented in docs/control-plane.md):
 
-* ``status``      retained JSON, last-will ``{"state": "offline"}`` (retained)
-* ``telemetry``   JSON summary, ≥ 1 Hz
+* ``status``      retained JSON, last-will ``{"state": "offline"}`` (retained); 1 Hz refresh at QoS 0
+* ``telemetry``   JSON summary, 1 Hz, QoS 0
 * ``alarms``      JSON, one message per alarm (QoS 1)
 * ``session``     retained JSON: the current session (directory, start/stop, protocol hash)
 * ``cmd/stop``    any payload: end the session and exit
@@ -90,14 +90,14 @@ class ControlPlane:
         """The session description published (retained) on ``session``."""
         self._session = session
 
-    async def publish_now(self, subtopic: str, obj: dict[str, Any], retain: bool = False) -> None:
+    async def publish_now(self, subtopic: str, obj: dict[str, Any], retain: bool = False, qos: int = 1) -> None:
         """Publish one JSON message if connected (else count it as dropped)."""
         c = self._client
         if c is None:
             self.counters.inc("control_plane.publish_dropped")
             return
         try:
-            await c.publish(f"{self.prefix}/{subtopic}", json.dumps(obj, default=str), qos=1, retain=retain)
+            await c.publish(f"{self.prefix}/{subtopic}", json.dumps(obj, default=str), qos=qos, retain=retain)
         except aiomqtt.MqttError:
             self.counters.inc("control_plane.publish_dropped")
 
@@ -136,9 +136,12 @@ class ControlPlane:
             await asyncio.sleep(1.0)
 
     async def _publisher(self) -> None:
+        # the 1 Hz refresh goes at QoS 0: no PUBACK to wait for, so two fewer wake-ups of this thread
+        # a second, each of which takes the GIL from the polling hot loop (docs/benchmarks.md); the
+        # next refresh replaces a lost one, and the first and the final status go at QoS 1
         while True:
-            await self.publish_now("status", self._status(), retain=True)
-            await self.publish_now("telemetry", self._telemetry())
+            await self.publish_now("status", self._status(), retain=True, qos=0)
+            await self.publish_now("telemetry", self._telemetry(), qos=0)
             await asyncio.sleep(self.period)
 
     async def _alarm_publisher(self) -> None:

@@ -214,22 +214,29 @@ class Service:
             "rigs": {str(k): v.description for k, v in self.hot.pipelines.items()},
         }
 
-    def manifest(self) -> dict[str, Any]:
-        """The session manifest (rewritten atomically at start, every few seconds and at stop)."""
+    @functools.cached_property
+    def _manifest_fixed(self) -> dict[str, Any]:
+        """The parts of the manifest a session never changes (built once: it is rewritten every 5 s)."""
         return {
             "format": "rigd-session", "format_version": 1, "wire_version": wire.VERSION,
             "config": json.loads(self.cfg.model_dump_json()),
             "protocol": {"name": self.protocol.name, "text": self.protocol.text,
                          "sha256": self.protocol.sha256, "path": self.protocol.path},
             "seeds": {"service": self.cfg.seed, "sim": self.cfg.seed},
-            "versions": dict(_versions()), "host": platform.node(), "started": self.started_wall,
+            "versions": dict(_versions()), "host": platform.node(),
+            "calibration": self.calibration.model_dump(mode="json"),
+            "telemetry_fields": list(TELEMETRY_FIELDS), "decoder_fields": list(DECODER_FIELDS),
+        }
+
+    def manifest(self) -> dict[str, Any]:
+        """The session manifest (rewritten atomically at start, every few seconds and at stop)."""
+        return {
+            **self._manifest_fixed, "started": self.started_wall,
             "stopped": None if self.state != "stopped" else dt.datetime.now(dt.UTC).isoformat(),
             "stop_reason": self.stop_reason, "state": self.state,
             "counters": self.counter_snapshot(), "latency_us": self.telemetry_summary(),
             "trials_done": self.stats.n, "outcomes": self.stats.table(),
             "decoder": self.decoder_status(), "interlock": self.interlock_status(),
-            "calibration": self.calibration.model_dump(mode="json"),
-            "telemetry_fields": list(TELEMETRY_FIELDS), "decoder_fields": list(DECODER_FIELDS),
             "rigs": {str(k): v.description for k, v in self.hot.pipelines.items()},
         }
 
