@@ -52,11 +52,6 @@ class ColumnRing:
         """Rows written so far (monotonic)."""
         return int(self.count[0])
 
-    def push(self, row: npt.NDArray[Any]) -> None:
-        """Write one row, overwriting the oldest once full."""
-        self.data[self.count[0] % self.capacity] = row
-        self.count[0] += 1
-
     def push_many(self, rows: npt.NDArray[Any]) -> None:
         """Write rows in order (one vectorised assignment; only the last ``capacity`` can be kept)."""
         rows = rows[-self.capacity:]
