@@ -69,10 +69,10 @@ def main() -> None:
     rows = [("floor (empty step)", _Floor(), False, None),
             ("TrialTracker.on_frame", None, True, 10.0),
             ("Chen 2021 block scheduler", chen2021_scheduler(seed=1), False, 10.0),
-            ("state-triggered policy (§7.3)", StateTriggered(onset_s=-1.2, min_history=5, seed=1), False,
+            ("state-triggered policy", StateTriggered(onset_s=-1.2, min_history=5, seed=1), False,
              30.0),
             ("threshold trigger", ThresholdTrigger(armed_fraction=0.25, seed=1), False, 30.0),
-            ("modularity probe (§7.4)", ModularityProbe(seed=1), False, 30.0)]
+            ("modularity probe", ModularityProbe(seed=1), False, 30.0)]
     floor = None
     print(f"Per-frame decision cost, 1-ms frames, {n} trials × 4,500 frames; Python "
           f"{sys.version.split()[0]}\n")

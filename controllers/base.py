@@ -15,11 +15,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from decoders.base import Estimate
 
 Hemisphere = Literal["left", "right", "bilateral"]
-SPOTS_PER_HEMISPHERE = 4  #: Chen 2021: 4 spots per hemisphere cover ALM [V] science.md §3.1
+SPOTS_PER_HEMISPHERE = 4  #: 4 spots per hemisphere cover ALM (Chen et al., Cell 184:3717, 2021)
 
 
 class Epoch(enum.IntEnum):
-    """Epochs of the delayed-response task (science.md §1.1)."""
+    """Epochs of the delayed-response task (timing: docs/simulator.md "Task and timing")."""
 
     ITI = 0  #: between trials (or before the first)
     PRESAMPLE = 1
@@ -34,7 +34,7 @@ class TrialState:
     """Where the task is now, as far as rigd knows (updated in place every frame).
 
     ``t_s`` is the time relative to the (planned or observed) go cue, the alignment every
-    protocol and science.md use; ``nan`` when no trial is running.
+    protocol and analysis uses; ``nan`` when no trial is running.
     """
 
     trial: int = -1
@@ -57,7 +57,7 @@ class LightRequest:
     """What a controller asks of the light (the interlock may refuse it).
 
     Power is time-averaged mW per spot at the brain surface; ``duration_s`` includes the
-    linear ramp-down at its end (science.md §5.F convention); spot masks are bit sets over
+    linear ramp-down at its end (docs/protocols.md); spot masks are bit sets over
     the hemisphere's galvo spots (0b1111 = all four).
     """
 
@@ -74,7 +74,8 @@ class LightRequest:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     #: how long after the causing frame the command may still usefully reach the rig; the service
     #: turns it into ``deadline_rig_ns`` and drops (never executes late) a decision that misses it.
-    #: 25 ms = science.md §4.2 "acceptable for state-triggered scheduling".
+    #: 25 ms is acceptable for state-triggered scheduling: the state integrates 100–400 ms and persists
+    #: for hundreds of ms (docs/architecture.md, budgets).
     deadline_budget_s: float = 0.025
 
     @staticmethod

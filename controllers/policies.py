@@ -1,16 +1,16 @@
-"""Closed-loop policies: light decisions that depend on the decoded neural state (science.md §4, §7.3–7.4).
+"""Closed-loop policies: light decisions that depend on the decoded neural state (docs/protocols.md).
 
 This module owns three :class:`~controllers.base.Controller` policies:
 
-* :class:`StateTriggered` — the state-triggered experiment of §7.3: average the *unperturbed*
+* :class:`StateTriggered` — the state-triggered experiment (docs/protocols.md): average the *unperturbed*
   hemisphere's CD projection (``Estimate.left``/``right``, already p − db) in the causal window
   ending at light onset, label the trial weak/strong against the running median of the state
   value over recent control trials of the same instructed type (default: the projection aligned to
-  the instructed side, (CD − db)·y, §5.F; or |CD − db| as §7.3 words it), then photoinhibit the other hemisphere on a
+  the instructed side, (CD − db)·y; or |CD − db|), then photoinhibit the other hemisphere on a
   random 50 % of trials *within each state* (permuted pairs per state: stratified randomisation).
 * :class:`ThresholdTrigger` — "inhibit the left hemisphere when decoded choice confidence crosses θ
   during the delay", armed on a random fraction of trials, at most once per trial.
-* :class:`ModularityProbe` — the online callosal-influence probe of §7.4: photoinhibit one
+* :class:`ModularityProbe` — the online callosal-influence probe (Chen et al. 2021's M): photoinhibit one
   hemisphere in a window on a fraction of trials, keep the other hemisphere's per-trial summary in
   that window, and report its modularity M (selectivity with the partner silenced / control) with
   a bootstrap CI; ``done`` once the CI is narrower than the set width (then it stops perturbing).
@@ -37,7 +37,7 @@ Side = Literal["left", "right"]
 
 @dataclass(frozen=True, slots=True)
 class LightSettings:
-    """Light of one photoinhibition (science.md §3.1 defaults: 1.5 mW, 40-Hz sine, 0.1-s ramp, 4 spots)."""
+    """Light of one photoinhibition (Chen et al. 2021 defaults: 1.5 mW, 40-Hz sine, 0.1-s ramp, 4 spots)."""
 
     power_mw_per_spot: float = 1.5
     duration_s: float = 0.8
@@ -63,7 +63,7 @@ def _other(h: Side) -> Side:
 
 
 class StateTriggered:
-    """State-triggered unilateral photoinhibition (science.md §7.3).
+    """State-triggered unilateral photoinhibition (docs/protocols.md, "Scheduling rules").
 
     Args:
         perturb: hemisphere to photoinhibit ("left"/"right"), or "alternate" (random per trial);
@@ -76,9 +76,9 @@ class StateTriggered:
         light_fraction: fraction of eligible trials photoinhibited within each state (0.5).
         median_trials: how many recent control trials of each instructed type form the median.
         state_measure: what is compared with the running median. "signed" (default): the
-            projection aligned to the instructed side, s = (CD − db)·y (science.md §5.F, the
-            convention of the gating ratio): a weak state is one that predicts a worse outcome,
-            wrong-side states included. "abs": |CD − db| as written in §7.3 — wrong-side
+            projection aligned to the instructed side, s = (CD − db)·y (docs/simulator.md
+            "Conventions", as for the gating ratio): a weak state is one that predicts a worse outcome,
+            wrong-side states included. "abs": |CD − db| — wrong-side
             commitments then count as *strong*, so an unlit "strong" trial can be an error-prone
             one and weak/strong need not predict performance.
         min_history: control trials of a type needed before its trials can be labelled.
@@ -291,7 +291,7 @@ def modularity_with_ci(values: np.ndarray, instructed: np.ndarray, light: np.nda
     """M = selectivity with the partner silenced / control selectivity; bootstrap CI over trials.
 
     Selectivity = mean value on instructed-right trials − mean on instructed-left trials (all
-    trials, science.md §5.F). Trials are resampled within each (light, instructed) group.
+    trials, docs/simulator.md "Conventions"). Trials are resampled within each (light, instructed) group.
     """
     groups = [values[(light == lt) & (instructed == y)] for lt in (False, True) for y in (1, -1)]
     if min(len(g) for g in groups) < 2:
@@ -310,13 +310,13 @@ def modularity_with_ci(values: np.ndarray, instructed: np.ndarray, light: np.nda
 
 
 class ModularityProbe:
-    """Online callosal-influence probe (science.md §7.4): stop when the CI of M is narrow enough.
+    """Online callosal-influence probe (docs/protocols.md): stop when the CI of M is narrow enough.
 
     Args:
         perturb: hemisphere to photoinhibit; the other one's modularity is estimated.
         onset_s: light onset from the go cue; the summary window is the light window.
         light_fraction: fraction of trials photoinhibited (permuted blocks of 4 → 25 %).
-        ci_width: stop once the 95 % bootstrap CI of M is narrower than this (§7.4: 0.1).
+        ci_width: stop once the 95 % bootstrap CI of M is narrower than this (default 0.1).
         min_trials: trials per (light, instructed) group before M is estimated.
         n_boot: bootstrap resamples.
         update_every: re-estimate M and its CI every this many used trials (bootstrap cost).

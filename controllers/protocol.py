@@ -56,7 +56,7 @@ class Session(_Model):
     """Session size, for dose estimates: trials and the mean trial period."""
 
     n_trials: Annotated[int, Field(ge=1, le=5000)] = 400
-    trial_period_s: Annotated[float, Field(ge=2, le=120)] = 12.5  #: ~48 trials per 10 min (§3.4)
+    trial_period_s: Annotated[float, Field(ge=2, le=120)] = 12.5  #: ~48 trials per 10 min (docs/safety.md)
     expects_delay_s: Annotated[float, Field(gt=0, le=10)] = 1.7
     sample_s: Annotated[float, Field(gt=0, le=10)] = 1.3
     presample_s: Annotated[float, Field(ge=0, le=10)] = 0.5
@@ -64,7 +64,7 @@ class Session(_Model):
 
 
 class Light(_Model):
-    """Light defaults for every condition (science.md §3.1)."""
+    """Light defaults for every condition (Chen et al., Cell 184:3717, 2021)."""
 
     power_mw_per_spot: _Power = 1.5
     waveform: Literal["sine", "constant"] = "sine"
@@ -96,7 +96,7 @@ class ConditionSpec(_Model):
 
 
 class Randomisation(_Model):
-    """Constraints on the per-trial draw (science.md §7.2)."""
+    """Constraints on the per-trial draw (docs/protocols.md, "Scheduling rules")."""
 
     block_size: Annotated[int, Field(ge=1, le=200)] = 12
     max_fraction_perturbed: Annotated[float, Field(gt=0, le=1)] = 0.25
@@ -106,7 +106,7 @@ class Randomisation(_Model):
 
 
 class StateTriggeredSpec(_Model):
-    """The §7.3 experiment: read the unperturbed hemisphere, label weak/strong, 50 % light per state."""
+    """The state-triggered experiment: read the unperturbed hemisphere, label weak/strong, 50 % light per state."""
 
     perturb: Literal["left", "right", "alternate"] = "left"
     read_window_s: Annotated[float, Field(gt=0, le=2)] = 0.4
@@ -114,7 +114,7 @@ class StateTriggeredSpec(_Model):
     light_fraction: _Frac = 0.5
     median_trials: Annotated[int, Field(ge=3, le=1000)] = 40
     min_history: Annotated[int, Field(ge=1, le=1000)] = 10
-    #: "signed": (CD − db)·y, aligned to the instructed side (science.md §5.F); "abs": |CD − db| (§7.3 text)
+    #: "signed": (CD − db)·y, aligned to the instructed side (docs/simulator.md "Conventions"); "abs": |CD − db|
     state_measure: Literal["signed", "abs"] = "signed"
 
 
@@ -130,7 +130,7 @@ class ThresholdSpec(_Model):
 
 
 class ProbeSpec(_Model):
-    """Modularity probe (§7.4): stop when the bootstrap CI of M is narrower than ``ci_width``."""
+    """Modularity probe (Chen 2021's M, online): stop when the bootstrap CI of M is narrower than ``ci_width``."""
 
     perturb: Literal["left", "right"] = "left"
     light_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25
@@ -590,7 +590,7 @@ class ProtocolBuilder:
         return self
 
     def state_triggered(self, **kw: Any) -> ProtocolBuilder:
-        """Make this the §7.3 state-triggered experiment (perturb, read_window_s, eligible_fraction…)."""
+        """Make this the state-triggered experiment (perturb, read_window_s, eligible_fraction…)."""
         self._d["protocol"]["kind"] = "state_triggered"
         self._d["state_triggered"] = kw
         self._d.pop("conditions", None)

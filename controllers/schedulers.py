@@ -5,10 +5,10 @@ randomisation from a seed) and the epoch-locked light window of each condition. 
 :class:`~controllers.base.Controller`: once per frame ``step`` compares the trial time with the
 drawn window and, at the first frame at/after the onset, returns one :class:`LightRequest`
 ("start now", duration running to the planned window end, the 100-ms ramp-down inside the window
-as in science.md §5.F). On frames where nothing happens it allocates nothing. ``on_trial_end``
+as in docs/protocols.md). On frames where nothing happens it allocates nothing. ``on_trial_end``
 returns the per-trial log (condition, window, request, re-draws, seed, draw index).
 
-Randomisation (science.md §7.1–7.2): permuted blocks whose composition follows the conditions'
+Randomisation (docs/protocols.md, "Scheduling rules"): permuted blocks whose composition follows the conditions'
 fractions (Chen 2021: 9 control, 1 left, 1 right, 1 bilateral per 12 trials); the next condition is
 drawn from what is left of the block, subject to the constraints: no two consecutive perturbation
 trials at the same site, no run of more than ``max_run_perturbed`` perturbation trials, and the
@@ -37,7 +37,7 @@ SMALL_N_ALLOWANCE = 3  #: perturbed trials allowed above the fraction at small N
 class LightWindow:
     """When the light is on, locked to an epoch: ``onset_s`` after the anchor, for ``duration_s``.
 
-    ``duration_s`` includes the linear ramp-down at its end (science.md §5.F): Chen 2021's early
+    ``duration_s`` includes the linear ramp-down at its end (docs/protocols.md): Chen 2021's early
     delay is ``LightWindow(onset_s=-1.7, duration_s=0.8)`` aligned to the go cue (−1.7…−0.9 s),
     equivalently ``LightWindow(0.0, 0.8, "delay_onset")`` with a 1.7-s delay.
     """
@@ -83,7 +83,7 @@ class Condition:
 
 @dataclass(frozen=True, slots=True)
 class Constraints:
-    """Randomisation constraints (science.md §7.2)."""
+    """Randomisation constraints (docs/protocols.md, "Scheduling rules")."""
 
     block_size: int = 12
     max_fraction_perturbed: float = 0.25
@@ -275,7 +275,7 @@ class BlockScheduler:
 
 def chen2021_conditions(power_mw_per_spot: float = 1.5, onset_s: float = -1.7,
                         duration_s: float = 0.8) -> list[Condition]:
-    """Chen 2021 default block (science.md §7.1): 75 % control, 25 % split over left/right/bilateral.
+    """Chen 2021 default block (Chen et al., Cell 184:3717, 2021): 75 % control, 25 % split over left/right/bilateral.
 
     Early delay −1.7…−0.9 s from the go cue (0.8 s incl. the 0.1-s ramp-down), 40-Hz sinusoid,
     1.5 mW per spot, 4 spots per hemisphere.

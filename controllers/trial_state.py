@@ -1,7 +1,7 @@
 """Trial-state tracking: turns the rig's trial events and the frame clock into a :class:`TrialState`.
 
 This module owns the one :class:`~controllers.base.TrialState` every controller reads. It is fed
-trial events (docs/CONTRACTS.md) with their rig time and, once per frame, the frame's rig time;
+trial events (docs/wire-protocol.md) with their rig time and, once per frame, the frame's rig time;
 it updates the state in place: trial number, epoch, time from the (planned or observed) go cue,
 time in the current epoch, instructed side, early-lick abort, outcome and choice.
 
@@ -32,11 +32,11 @@ NS = 1_000_000_000
 _NAN = float("nan")
 _SIDE = {"right": 1, "left": -1}
 
-#: Default task timing when trial_start is missing (science.md §1.1): sample 1.3 s, delay 1.7 s.
+#: Default task timing when trial_start is missing (docs/simulator.md): sample 1.3 s, delay 1.7 s.
 DEFAULT_SAMPLE_S = 1.3
 DEFAULT_DELAY_S = 1.7
 DEFAULT_PRESAMPLE_S = 0.5
-RESPONSE_WINDOW_S = 1.5  #: licks within 1.5 s after the go cue count (science.md §1.1)
+RESPONSE_WINDOW_S = 1.5  #: licks within 1.5 s after the go cue count (Yang et al. 2022)
 
 
 class TrialTracker:

@@ -1,4 +1,4 @@
-"""Coding-direction (CD) decoders per ALM hemisphere: the two definitions of science.md §2.3.
+"""Coding-direction (CD) decoders per ALM hemisphere: the two definitions in docs/decoders.md.
 
 Owns the fit of a choice axis per hemisphere from labelled trials and its decision boundary:
 
@@ -40,11 +40,11 @@ from decoders.common import (
     window_rates,
 )
 
-DELAY_S = (-1.7, 0.0)  #: delay epoch, science.md §1.1
+DELAY_S = (-1.7, 0.0)  #: delay epoch (1.7-s delay, Chen et al. 2021)
 SAMPLE_S = (-3.0, -1.7)  #: sample epoch
-PRESAMPLE_S = (-3.5, -3.0)  #: 500 ms baseline before the sample (YANG22)
-LATE_DELAY_S = (-0.5, 0.0)  #: ramping mode: last 500 ms of the delay (YANG22)
-ACTION_S = (0.1, 0.3)  #: action mode: 0.1–0.3 s after the go cue (YANG22)
+PRESAMPLE_S = (-3.5, -3.0)  #: 500 ms baseline before the sample (Yang et al. 2022)
+LATE_DELAY_S = (-0.5, 0.0)  #: ramping mode: last 500 ms of the delay (Yang et al. 2022)
+ACTION_S = (0.1, 0.3)  #: action mode: 0.1–0.3 s after the go cue (Yang et al. 2022)
 MIN_TRIALS_PER_CLASS = 2  #: below this a class mean is not estimable
 
 

@@ -2,7 +2,7 @@
 
 Owns what every decoder needs and none should duplicate: the causal-window rates a fit uses
 (the batch twin of what ``step`` computes frame by frame), stratified folds, the inverse-variance
-decision boundary of science.md §2.3, the on-disk format (one ``.npz``: arrays plus a JSON
+decision boundary of the authors' CD (docs/decoders.md), the on-disk format (one ``.npz``: arrays plus a JSON
 ``meta`` with name, format version, parameters and the fit's provenance; no pickle), and
 :class:`WindowedLinearDecoder`, the base of every decoder whose output is a linear read-out of
 spike counts in a causal window (coding direction, logistic regression, LDA). Pure computation:
@@ -96,7 +96,7 @@ def stratified_folds(y: npt.NDArray[Any], folds: int, seed: int = 0) -> list[npt
 
 
 def inverse_variance_boundary(p_left: FloatArray, p_right: FloatArray) -> float:
-    """science.md §2.3: ``db = (m_L/v_L + m_R/v_R) / (1/v_L + 1/v_R)`` (variances floored)."""
+    """The authors' CD boundary: ``db = (m_L/v_L + m_R/v_R) / (1/v_L + 1/v_R)`` (variances floored)."""
     mL, mR = float(np.mean(p_left)), float(np.mean(p_right))
     vL = max(float(np.var(p_left, ddof=1)) if p_left.size > 1 else 0.0, 1e-12)
     vR = max(float(np.var(p_right, ddof=1)) if p_right.size > 1 else 0.0, 1e-12)

@@ -4,7 +4,7 @@ Owns ``"gru"`` (:class:`GRUDecoder`): a single-layer GRU (default 16 hidden unit
 spike counts of every unit, with a linear read-out giving the log-odds of "lick right". Training
 (full-batch Adam on the trials' binned counts, standardised) minimises the binary cross-entropy
 of the upcoming choice at every bin of the delay, as the authors' dual-ALM RNN is trained on
-every delay step (science.md §5.B). After training the standardisation is folded into the input
+every delay step (docs/simulator-rnn.md). After training the standardisation is folded into the input
 weights, so ``step`` takes raw counts.
 
 ``step`` runs under ``torch.inference_mode`` with one torch thread (``torch.set_num_threads(1)``

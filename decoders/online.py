@@ -53,7 +53,7 @@ def aligned_factory(previous: Decoder, prior_trials: float = 40.0, *, days_apart
 
     ``previous`` must be a fitted :class:`~decoders.coding_direction.CodingDirection` (or
     ``ChoiceMode``); ``opts`` override its parameters. With ``days_apart`` and
-    ``tau_drift_days`` the prior's weight decays as the tuning correlation of science.md §5.E,
+    ``tau_drift_days`` the prior's weight decays as the tuning correlation of the simulator's drift (docs/simulator.md),
     ``prior_trials · exp(−Δ/τ_D)``: an old axis from weeks ago barely counts.
     """
     if days_apart is not None and tau_drift_days is not None:
@@ -92,7 +92,7 @@ class OnlineDecoder:
         inline_fit: fit inside ``on_trial_end`` (True) or leave it to the service (False).
         provenance: session information copied into every fit's provenance (session id, day…).
         exclude_units: units whose counts are zeroed before pooling and decoding (e.g. the
-            light-excited fast-spiking units of the heartbeat's ``fs_units``; science.md §2.1).
+            light-excited fast-spiking units of the heartbeat's ``fs_units``; docs/decoders.md).
 
     """
 

@@ -9,7 +9,7 @@ part. The pools' synaptic current ``u`` integrates the counts over the CD window
 neuron fires when ``u`` exceeds its own threshold (thresholds spread over the training range of
 ``u``, so the number of neurons firing is a graded population code of the evidence). The value
 is ``(n_R − n_L) / pool size`` minus a decision boundary fitted, like the CD's, by inverse-
-variance weighting of the last-delay values (science.md §2.3). ``step`` runs one CPU-backend
+variance weighting of the last-delay values (docs/decoders.md). ``step`` runs one CPU-backend
 step per frame and allocates nothing. Pure computation: no sockets, no clocks.
 """
 

@@ -1,4 +1,4 @@
-"""Rig light calibration and the safety limits derived from it (science.md §3.4 defaults).
+"""Rig light calibration and the safety limits derived from it (defaults: docs/safety.md).
 
 This module owns the calibration file format (TOML, validated by pydantic): the galvo spots of each
 hemisphere with their coordinates and the maximum time-averaged power measured at the brain surface
@@ -6,7 +6,7 @@ at each spot, and the service's safety caps. :func:`load_calibration` reads it;
 :meth:`RigCalibration.limits` turns it into the :class:`SafetyLimits` the light interlock enforces.
 It touches no device: reading a file is its only I/O.
 
-Defaults (science.md §3.4, [D]): ≤ 10 mW time-averaged per spot, ≤ 1.3 s continuous light per trial,
+Defaults (docs/safety.md): ≤ 10 mW time-averaged per spot, ≤ 1.3 s continuous light per trial,
 ≥ 100 ms linear ramp-down, photoinhibition on ≤ 30 % of trials, ≤ 1 J per hemisphere per 10 min.
 """
 
@@ -18,7 +18,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SERVICE_MAX_POWER_MW_PER_SPOT = 10.0  #: science.md §3.4 service cap (Owen 2019 artefacts from 3–15 mW)
+SERVICE_MAX_POWER_MW_PER_SPOT = 10.0  #: service cap (heating artefacts from 3–15 mW: Owen et al., Nat Neurosci 2019)
 DEFAULT_CALIBRATION = Path(__file__).with_name("calibration_default.toml")
 
 
@@ -116,5 +116,5 @@ def load_calibration(path: str | Path | None = None) -> RigCalibration:
 
 
 def default_limits() -> SafetyLimits:
-    """Return the safety limits of the shipped default calibration (science.md §3.4)."""
+    """Return the safety limits of the shipped default calibration (docs/safety.md)."""
     return load_calibration().safety_limits()

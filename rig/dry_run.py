@@ -7,13 +7,13 @@ events feed the :class:`~controllers.trial_state.TrialTracker`, its counts feed 
 (closed-loop protocols), the protocol's controller decides, and every request goes through the real
 :class:`~hardware.interlock.LightInterlock` to a light source that calls ``mouse.apply_light``.
 It returns the expected trial counts per condition, the light dose per hemisphere, behavioural
-performance per condition with Wilson 95 % CIs, the modularity M of each hemisphere with a bootstrap
-CI (science.md §2.5/§5.F: the mean latent of the unperturbed hemisphere over the protocol's light
-window, read through :attr:`SimulatedMouse.latent`, on trials with the partner silenced vs control;
-all completed trials), and, for the state-triggered protocol, the effect of light in weak vs strong
-states with a test of their difference, next to the vectorised offline model's prediction for the
-same mouse and protocol (:func:`offline_state_prediction`). It opens no socket and reads no clock:
-the mouse's own rig clock drives everything.
+performance per condition with Wilson 95 % CIs, the modularity M of each hemisphere with a bootstrap CI
+(Chen et al. 2021's M, conventions of docs/simulator.md: the mean latent of the unperturbed hemisphere
+over the protocol's light window, read through :attr:`SimulatedMouse.latent`, on trials with the partner
+silenced vs control; all completed trials), and, for the state-triggered protocol, the effect of light
+in weak vs strong states with a test of their difference, next to the vectorised offline model's
+prediction for the same mouse and protocol (:func:`offline_state_prediction`). It opens no socket and
+reads no clock: the mouse's own rig clock drives everything.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
     dec = _make_decoder(mouse, cfg.bin_s) if mode == "decoder" else None
     logs: list[dict[str, Any]] = []
     win0, win1 = light_window_from_go(proto.spec)
-    acc = [0.0, 0.0, 0]  # per trial: sums of x_L, x_R and bins inside the light window (§5.F: strict)
+    acc = [0.0, 0.0, 0]  # per trial: sums of x_L, x_R and bins inside the light window (strict bounds)
     summaries: dict[int, tuple[float, float]] = {}
     seq = 0
     energy = {"left": 0.0, "right": 0.0}
@@ -214,8 +214,9 @@ def default_config(proto: Protocol, **overrides: Any) -> MouseConfig:
     """The dry-run mouse: μ = 0.6 unless overridden, 5-ms bins, short ITI and outcome timeouts.
 
     Shorter inter-trial intervals, reward consumption and error timeouts change no statistic of the
-    §5.A/§5.D model (each trial starts from x = 0) or of the §5.B RNN (each trial starts from
-    h = 0); they only make the rehearsal faster. ``model="rnn"`` runs the §5.B network (25-ms model
+    reduced model (docs/simulator.md; each trial starts from x = 0) or of the authors' RNN
+    (docs/simulator-rnn.md; each trial starts from h = 0); they only make the rehearsal faster.
+    ``model="rnn"`` runs that network (25-ms model
     steps, still 5-ms bins); the μ overrides do not apply to it.
     """
     kw: dict[str, Any] = {"bin_s": 0.005, "iti_s": (0.3, 0.5),  # model_dt_s: the model's own default
@@ -299,7 +300,7 @@ def state_effect(hits: dict[str, list[int]]) -> dict[str, Any]:
     """Effect of light (control − light fraction correct) per state and the weak − strong difference.
 
     z-test on the difference of two differences of proportions (normal approximation); the
-    prediction of science.md §7.3 is a larger effect in the weak state (one-sided).
+    hypothesis tested is a larger effect in the weak state (one-sided; docs/protocols.md).
     """
     out: dict[str, Any] = {}
     var = {}
@@ -329,12 +330,12 @@ def offline_state_prediction(protocol: Protocol | str | Path, config: MouseConfi
     is the same in both. The state is the read hemisphere's latent averaged over the read window
     (time bins ending in (onset − read_window_s, onset]), signed by the instructed side or absolute
     (the protocol's ``state_measure``), split at the median per instructed side (the running
-    median's limit). Returns per-state correct fractions, effects (no light − light) and the
-    weak − strong difference with its standard error at ``n_trials`` (paired, so small); and the
-    neural side of §7.3 per state: the read hemisphere's selectivity (latent × instructed side)
-    averaged over the light window (t in (onset, offset]) without light, with light, their ratio
-    (the state's modularity M) and the paired loss of selectivity with its SE, and the
-    weak − strong difference of that loss. ``config.model`` picks the model ("reduced" or "rnn").
+    median's limit). Returns per-state correct fractions, effects (no light − light) and the weak − strong
+    difference with its standard error at ``n_trials`` (paired, so small); and the neural side of the
+    experiment per state (docs/protocols.md): the read hemisphere's selectivity (latent × instructed
+    side) averaged over the light window (t in (onset, offset]) without light, with light, their ratio
+    (the state's modularity M) and the paired loss of selectivity with its SE, and the weak − strong
+    difference of that loss. ``config.model`` picks the model ("reduced" or "rnn").
     """
     from sim.offline import LightWindow, run_latent
 

@@ -1,10 +1,10 @@
-"""The reduced bilateral ALM model of science.md §5.A: two coupled double-well hemispheres.
+"""The reduced bilateral ALM model (docs/simulator.md): two coupled double-well hemispheres.
 
-This module owns the latent state x_L, x_R (x > 0 ≙ lick-right state), the ramping gain G(t),
-the sample-epoch sensory drive and the Euler–Maruyama step of §5.F. Everything is vectorised over
-a batch of trials: the offline generator steps thousands of trials at once and the live mouse steps
-a batch of one, through the same :func:`step`. Time is an argument (seconds from the go cue);
-there is no clock, socket or random-number policy here beyond the noise arrays handed in.
+This module owns the latent state x_L, x_R (x > 0 ≙ lick-right state), the ramping gain G(t), the
+sample-epoch sensory drive and the Euler–Maruyama step (docs/simulator.md "Conventions"). Everything is
+vectorised over a batch of trials: the offline generator steps thousands of trials at once and the live
+mouse steps a batch of one, through the same :func:`step`. Time is an argument (seconds from the go
+cue); there is no clock, socket or random-number policy here beyond the noise arrays handed in.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ALMParams:
 
     @classmethod
     def from_config(cls, c: MouseConfig) -> ALMParams:
-        """Derive the step parameters of §5.A from a mouse config."""
+        """Derive the step parameters of the reduced model from a mouse config."""
         W = c.recurrence_w
         return cls(
             dt_s=c.model_dt_s, tau_s=c.tau_s,
@@ -55,7 +55,7 @@ class ALMParams:
 
 
 def ramp_gain(p: ALMParams, t_s: float) -> float:
-    """G(t): G0 before sample onset, then linear to G1 at the go cue (§5.F), G1 after it."""
+    """G(t): G0 before sample onset, then linear to G1 at the go cue, G1 after it."""
     if t_s < p.t_sample_s:
         return p.gain_g0
     if t_s >= 0.0:
@@ -65,7 +65,7 @@ def ramp_gain(p: ALMParams, t_s: float) -> float:
 
 
 def ramp_mode(p: ALMParams, t_s: float) -> float:
-    """r(t) of §5.C: the non-selective ramp, 0 at sample onset to 1 at the go cue, 1 after."""
+    """r(t) of the spiking layer: the non-selective ramp, 0 at sample onset to 1 at the go cue, 1 after."""
     if t_s < p.t_sample_s:
         return 0.0
     if t_s >= 0.0:
@@ -90,7 +90,7 @@ def step(
     noise_left: FloatArray,
     noise_right: FloatArray,
 ) -> None:
-    """Advance every trial of the batch by one Euler–Maruyama step of dt, in place (§5.A, §5.F).
+    """Advance every trial of the batch by one Euler–Maruyama step of dt, in place (docs/simulator.md).
 
     Args:
         p: model parameters.

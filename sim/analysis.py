@@ -1,9 +1,10 @@
-"""Analysis helpers of science.md §2.3, §2.5 and §5.F, used by the tests and by session reports.
+"""Analysis helpers (Chen et al., Cell 2021 quantities), used by the tests and by session reports.
 
-This module owns selectivity, the coding direction (§2.3 definition 1: class-mean difference,
+This module owns selectivity, the coding direction (the authors' definition, docs/decoders.md: class-mean difference,
 inverse-variance decision boundary), modularity M_h, the t90 recovery time after light offset,
 and performance by condition with binomial confidence intervals. Every function says which trials
-it uses: the §5 tables use *all* trials labelled by instructed side (§5.F); the Chen lab's code
+it uses: the simulator's tables use *all* trials labelled by instructed side (docs/simulator.md
+"Conventions"); the Chen lab's code
 uses correct trials only. Pure numpy on arrays handed in; no I/O.
 """
 
@@ -19,7 +20,7 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 TrialSelection = Literal["all", "correct"]
 
-#: early-delay photoinhibition window of Chen 2021 (−1.7…−0.9 s from the go cue) [V] LABCODE
+#: early-delay photoinhibition window of Chen 2021 (−1.7…−0.9 s from the go cue)
 PI_WINDOW_S = (-1.7, -0.9)
 
 
@@ -42,7 +43,7 @@ def selectivity(x: npt.NDArray[np.floating], instructed: npt.NDArray[np.int8],
         x: (n_trials, n_times[, ...]) a latent coordinate, a CD projection or rates.
         instructed: (n_trials,) ±1.
         correct: (n_trials,) needed when ``trials == "correct"``.
-        trials: "all" (the §5.F convention of the tables) or "correct" (Chen lab code).
+        trials: "all" (the convention of docs/simulator.md) or "correct" (Chen lab code).
 
     """
     r, left = _mask(instructed, correct, trials)
@@ -57,7 +58,7 @@ def window_mean(values: FloatArray, t_s: FloatArray, window_s: tuple[float, floa
 
 def modularity(sel_other_silenced: FloatArray, sel_control: FloatArray, t_s: FloatArray,
                window_s: tuple[float, float] = PI_WINDOW_S) -> float:
-    """Compute the modularity M_h of a hemisphere (§2.5, §5.F).
+    """Compute the modularity M_h of a hemisphere (Chen et al. 2021; docs/simulator.md).
 
     Hemisphere h's mean selectivity while the *other* hemisphere is silenced, divided by its mean
     control selectivity, both over the photoinhibition window.
@@ -67,7 +68,7 @@ def modularity(sel_other_silenced: FloatArray, sel_control: FloatArray, t_s: Flo
 
 def t90_recovery_s(sel_silenced: FloatArray, sel_control: FloatArray, t_s: FloatArray,
                    t_light_end_s: float = -0.9, t_go_s: float = 0.0) -> float | None:
-    """Recovery time of a silenced hemisphere's selectivity after the light (§5.F).
+    """Recovery time of a silenced hemisphere's selectivity after the light (t90, docs/simulator.md).
 
     The first t ≥ ``t_light_end_s`` (end of the ramp) at which selectivity ≥ 0.9 × control
     selectivity at the same t, reported as t − t_light_end_s; None ("no full recovery") if that
@@ -82,7 +83,7 @@ def t90_recovery_s(sel_silenced: FloatArray, sel_control: FloatArray, t_s: Float
 
 @dataclass(frozen=True, slots=True)
 class CodingDirection:
-    """A fixed coding direction and its decision boundary (§2.3 definition 1)."""
+    """A fixed coding direction and its decision boundary (the authors' definition, docs/decoders.md)."""
 
     cd: FloatArray  #: (n_units,) unit vector, right minus left
     boundary: float  #: inverse-variance-weighted mean of the class means of the projection
@@ -99,7 +100,7 @@ class CodingDirection:
 def fit_coding_direction(rates: npt.NDArray[np.floating], labels: npt.NDArray[np.int8]) -> CodingDirection:
     """Fit CD = mean(right) − mean(left), normalised, on (n_trials, n_units) activity.
 
-    For activity over several time bins, average the bins first (the fixed CD of §2.3 is the mean
+    For activity over several time bins, average the bins first (the authors' fixed CD is the mean
     normalised CD over the delay). The boundary is (m_L/v_L + m_R/v_R)/(1/v_L + 1/v_R) of the
     projections of the fitting trials. ``labels`` says which trials are "right" (+1) and "left".
     """
@@ -152,7 +153,7 @@ def performance_by_condition(correct: npt.NDArray[np.bool_], condition: npt.NDAr
                              ) -> dict[str, Performance]:
     """Compute performance per condition label (and per side as "cond/right", "cond/left").
 
-    Uses every trial handed in; pass completed trials only (early-lick trials excluded, §1.1).
+    Uses every trial handed in; pass completed trials only (early-lick trials excluded).
     """
     out: dict[str, Performance] = {}
     for cond in sorted({str(s) for s in condition}):

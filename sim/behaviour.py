@@ -1,8 +1,8 @@
-"""Behaviour readout of science.md §5.D: from the two hemispheres' late-delay state to a lick.
+"""Behaviour readout (docs/simulator.md): from the two hemispheres' late-delay state to a lick.
 
 This module owns the decision variable D = x̄_L + x̄_R + κ (a_L − a_R) + σ_D ξ (right if D > 0),
-the 2 % lapse (a fair coin replaces the choice, §5.F), and the first-lick reaction time (shifted
-gamma: offset 73 ms, shape 1.25, scale 39.7 ms → tertile means 85/111/172 ms, YANG22). Vectorised
+the 2 % lapse (a fair coin replaces the choice), and the first-lick reaction time (shifted
+gamma: offset 73 ms, shape 1.25, scale 39.7 ms → tertile means 85/111/172 ms, Yang et al. 2022). Vectorised
 over trials; the live mouse calls it with arrays of one. Pure: random draws are passed in.
 """
 
@@ -40,5 +40,5 @@ def decide(c: MouseConfig, *, xbar_left: FloatArray, xbar_right: FloatArray, act
 
 
 def reaction_time_s(c: MouseConfig, rng: np.random.Generator, n: int) -> FloatArray:
-    """First-lick latencies after the go cue: offset + Gamma(shape, scale) (§5.D)."""
+    """First-lick latencies after the go cue: offset + Gamma(shape, scale)."""
     return c.rt_offset_s + rng.gamma(c.rt_shape, c.rt_scale_s, n)

@@ -1,4 +1,4 @@
-"""Across-session drift of tuning (science.md §5.E): sessions are days.
+"""Across-session drift of tuning (docs/simulator.md): sessions are days.
 
 This module owns the Ornstein–Uhlenbeck drift of each unit's choice loading β_i and log-baseline
 ln b_i around their population statistics, with ρ = exp(−Δ/τ_D) between days Δ apart, so that the
@@ -26,7 +26,7 @@ _DRIFT_STREAM = 2
 
 def ou_step(value: FloatArray, *, mean: FloatArray, sd: FloatArray, delta_days: float,
             tau_days: float, noise: FloatArray) -> FloatArray:
-    """One OU transition over ``delta_days``: v' = m + ρ (v − m) + √(1 − ρ²) σ ξ (§5.E)."""
+    """One OU transition over ``delta_days``: v' = m + ρ (v − m) + √(1 − ρ²) σ ξ."""
     rho = math.exp(-delta_days / tau_days)
     out: FloatArray = mean + rho * (value - mean) + math.sqrt(1.0 - rho * rho) * sd * noise
     return out
@@ -36,7 +36,7 @@ def units_for_day(config: MouseConfig, seed: int, day: int | None = None,
                   tau_drift_days: float | None = None) -> Units:
     """Return the units of mouse ``seed`` on ``day`` (default: config.day), drifted from day 0.
 
-    Day 0 is drawn from the §5.C distributions; each later day applies one OU step of one day
+    Day 0 is drawn from the spiking layer's distributions; each later day applies one OU step of one day
     to β and ln b with a noise stream seeded by (seed, day).
     """
     d = config.day if day is None else day

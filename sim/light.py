@@ -1,8 +1,8 @@
-"""Photoinhibition physiology of the simulated rig (science.md §3.1–§3.2, §5.A, §5.C, §5.F).
+"""Photoinhibition physiology of the simulated rig (docs/simulator.md "Light"; Li et al., eLife 2019).
 
 This module owns what light does to ALM: the Hill dose–response ε(P), the Gaussian spatial
 spread g(d) from the four galvo spots of each hemisphere, the envelope of a commanded light
-program (plateau then linear ramp-down *inside* the commanded duration, §5.F), the ~15 ms
+program (plateau then linear ramp-down *inside* the commanded duration), the ~15 ms
 pyramidal-silencing onset latency, FS-unit excitation and the post-offset rebound gain. It is
 pure: times are arguments (seconds or rig-clock nanoseconds); it never reads a clock and never
 touches a socket.
@@ -20,19 +20,19 @@ from sim.config import MouseConfig
 
 FloatArray = npt.NDArray[np.float64]
 
-SPOTS_PER_HEMISPHERE = 4  #: Chen 2021: 4 spots per hemisphere [V] science.md §3.1
-ALM_AP_MM = 2.5  #: ALM centre, 2.5 mm anterior to bregma [V] MAH20
-ALM_ML_MM = 1.5  #: 1.5 mm lateral, each hemisphere [V] MAH20
-ALM_HALF_WIDTH_MM = 0.5  #: units sit in a 1 × 1 mm square around the centre [D]
+SPOTS_PER_HEMISPHERE = 4  #: 4 spots per hemisphere (Chen et al., Cell 2021)
+ALM_AP_MM = 2.5  #: ALM centre, 2.5 mm anterior to bregma (Mahrach et al. 2020)
+ALM_ML_MM = 1.5  #: 1.5 mm lateral, each hemisphere (Mahrach et al. 2020)
+ALM_HALF_WIDTH_MM = 0.5  #: units sit in a 1 × 1 mm square around the centre (a model choice)
 #: Spot k of a hemisphere (bit k of the spot mask): a 2 × 2 grid 0.5 mm apart around the ALM
-#: centre [D]; with σ_L = 0.88 mm four spots at 1.5 mW silence the whole square (ε ≈ 0.999) and
+#: centre (a model choice); with σ_L = 0.88 mm four spots at 1.5 mW silence the whole square (ε ≈ 0.999) and
 #: spill ≈ 0.01 into the other hemisphere's ALM.
 SPOT_OFFSETS_MM = ((-0.25, -0.25), (-0.25, 0.25), (0.25, -0.25), (0.25, 0.25))  # (AP, |ML|)
 _GRID = np.linspace(-ALM_HALF_WIDTH_MM, ALM_HALF_WIDTH_MM, 9)
 
 
 def dose_response(power_mw: FloatArray | float, p50_mw: float, hill_n: float) -> FloatArray:
-    """ε(P) = Pⁿ / (Pⁿ + P50ⁿ): fraction of pyramidal activity silenced (§3.2 Hill fit)."""
+    """ε(P) = Pⁿ / (Pⁿ + P50ⁿ): fraction of pyramidal activity silenced (Hill fit to Li et al. 2019)."""
     p = np.maximum(np.asarray(power_mw, dtype=np.float64), 0.0)
     pn = p**hill_n
     return np.asarray(pn / (pn + p50_mw**hill_n), dtype=np.float64)
@@ -47,7 +47,7 @@ def spot_positions_mm(hemisphere: int, mask: int) -> list[tuple[float, float]]:
 
 def effective_power_mw(ap_mm: FloatArray, ml_mm: FloatArray, *, power_mw: float, spots_left: int,
                        spots_right: int, sigma_mm: float) -> FloatArray:
-    """Σ over lit spots of P · g(d) at each position (Gaussian light efficacy, §3.2)."""
+    """Σ over lit spots of P · g(d) at each position (Gaussian light efficacy)."""
     out = np.zeros(np.shape(ap_mm), dtype=np.float64)
     for h, mask in ((0, spots_left), (1, spots_right)):
         for sap, sml in spot_positions_mm(h, mask):
@@ -83,7 +83,7 @@ def efficacy(c: MouseConfig, power_mw: float, *, spots_left: int, spots_right: i
 
 
 def envelope(t_s: FloatArray | float, t_on_s: float, t_off_s: float, ramp_down_s: float) -> FloatArray:
-    """Light envelope L(t): 0 before t_on, 1 until t_off − ramp, linear to 0 at t_off (§5.F)."""
+    """Light envelope L(t): 0 before t_on, 1 until t_off − ramp, linear to 0 at t_off."""
     t = np.asarray(t_s, dtype=np.float64)
     ramp = max(min(ramp_down_s, t_off_s - t_on_s), 0.0)
     t_ramp = t_off_s - ramp
@@ -95,15 +95,15 @@ def silencing_envelope(t_s: FloatArray | float, t_on_s: float, t_off_s: float, r
                        latency_s: float) -> FloatArray:
     """Envelope seen by pyramidal silencing: L(t), but 0 until ``latency_s`` after light onset.
 
-    The ~15 ms latency of §3.2 is an *onset* latency (FS excitation → pyramidal silencing); the
-    offset follows the light, so the ramp-down and the end of the window keep the §5.F convention.
+    The ~15 ms latency (Li et al. 2019) is an *onset* latency (FS excitation → pyramidal silencing); the
+    offset follows the light, so the ramp-down and the end of the window keep the convention of docs/simulator.md.
     """
     t = np.asarray(t_s, dtype=np.float64)
     return np.where(t >= t_on_s + latency_s, envelope(t, t_on_s, t_off_s, ramp_down_s), 0.0)
 
 
 def rebound_amplitude(c: MouseConfig, power_mw: float, on_s: float, eps_full: float) -> float:
-    """ρ of the rebound gain 1 + ρ e^{−(t − t_off)/τ_r}, scaled with dose = power × duration (§3.2)."""
+    """ρ of the rebound gain 1 + ρ e^{−(t − t_off)/τ_r}, scaled with dose = power × duration (Li et al. 2019)."""
     dose_mj = max(power_mw, 0.0) * max(on_s, 0.0)
     return c.rebound_max * min(1.0, dose_mj / c.rebound_ref_dose_mj) * eps_full
 
@@ -121,7 +121,7 @@ class LightProgram:
 
     The envelope is 0 before ``t_on_ns``, 1 until ``t_ramp_ns``, then falls linearly from
     ``ramp_from`` to 0 at ``t_off_ns``. Power is the time-averaged set-point per spot (the 40-Hz
-    sinusoid is not resolved by the latent model, §5.A).
+    sinusoid is not resolved by the latent model).
     """
 
     power_mw: float = 0.0
@@ -142,7 +142,7 @@ class LightProgram:
         return self.ramp_from * (self.t_off_ns - t_ns) / span if span > 0 else 0.0
 
     def silencing_level(self, t_ns: int, latency_ns: int) -> float:
-        """Envelope seen by pyramidal silencing: 0 until ``latency_ns`` after onset (§3.2)."""
+        """Envelope seen by pyramidal silencing: 0 until ``latency_ns`` after onset."""
         return self.level(t_ns) if t_ns >= self.t_on_ns + latency_ns else 0.0
 
     def is_on(self, t_ns: int) -> bool:

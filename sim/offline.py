@@ -1,13 +1,13 @@
 """Offline generation: whole batches of trials at once, through the live mouse's model code.
 
-This module owns the vectorised trial loop: it steps the §5.A latent model (:func:`sim.alm.step`)
-— or, for ``MouseConfig(model="rnn")``, the §5.B two-hemisphere RNN (:func:`sim.rnn.step`, the
+This module owns the vectorised trial loop: it steps the reduced latent model (:func:`sim.alm.step`)
+— or, for ``MouseConfig(model="rnn")``, the authors' two-hemisphere RNN (:func:`sim.rnn.step`, the
 latents being its readout logits) — for a batch of trials, applies light through :mod:`sim.light`
 with the same onset latency, reads out choices with :func:`sim.behaviour.decide`, and (for
 :func:`generate_trialset`, reduced model only) turns rates from :class:`sim.population.RateModel`
 into Poisson counts. The live :class:`sim.mouse.SimulatedMouse` runs the same functions with a
 batch of one, so offline statistics are live statistics. Trials here are complete trials
-(early-lick trials are excluded from analyses anyway, science.md §1.1). No clock and no I/O
+(early-lick trials are excluded from analyses anyway). No clock and no I/O
 beyond loading the RNN's shipped weights.
 """
 
@@ -37,7 +37,7 @@ _SPIKE_STREAM = 12
 class LightWindow:
     """Photoinhibition of one condition, times from the go cue.
 
-    ``t_off_s`` is the end of the light *including* the linear ramp-down (science.md §5.F: for
+    ``t_off_s`` is the end of the light *including* the linear ramp-down (docs/simulator.md: for
     −1.7…−0.9 s, L = 1 to −1.0 s, then 0 at −0.9 s).
     """
 
@@ -78,7 +78,7 @@ class LatentRun:
         instructed, choice: (n_trials,) ±1.
         correct: choice == instructed.
         reaction_time_s: (n_trials,) first-lick latency.
-        xbar_left, xbar_right: readout-window means (§5.D).
+        xbar_left, xbar_right: readout-window means (docs/simulator.md).
 
     """
 
@@ -216,7 +216,7 @@ def _rnn_eps(c: MouseConfig, light_w: LightWindow | None, t_s: FloatArray) -> Fl
     """(2, n_steps) silencing of each RNN hemisphere at the times of the states ``t_s``.
 
     ε_h(t) = ε(P) of the hemisphere (dose-response and spatial spread of :func:`sim.light.efficacy`,
-    *not* capped at ``eps_max``, the §5.A model's cap: ε = 1 is the §5.B h = 0) times the silencing
+    *not* capped at ``eps_max``, the reduced model's cap: ε = 1 is the authors' h = 0) times the silencing
     envelope (onset latency, ramp-down inside the window) at t.
     """
     eps = np.zeros((2, t_s.size))
@@ -233,12 +233,12 @@ def _rnn_eps(c: MouseConfig, light_w: LightWindow | None, t_s: FloatArray) -> Fl
 
 def _simulate_rnn(c: MouseConfig, n: int, rng: np.random.Generator, *, light_w: LightWindow | None,
                   instructed: npt.NDArray[np.int8] | None, keep: bool) -> LatentRun:
-    """The §5.B RNN for a batch of trials: states at t_k = −3.1 … 0 s, latents = readout logits.
+    """The authors' RNN for a batch of trials: states at t_k = −3.1 … 0 s, latents = readout logits.
 
     Per step: the stimulus (sample steps only: N(y · μ_x, σ_x²), the recipe's numbers), the two
     hemispheres' input noise, the recurrent noise; then light (h_h ← (1 − ε_h) h_h). Behaviour is
-    §5.D on the logits: x̄_h = mean z_h over the states in the last ``readout_window_s`` before the go
-    cue (12 states, t_k ∈ (−0.3, 0]).
+    the readout of docs/simulator.md on the logits: x̄_h = mean z_h over the states in the last
+    ``readout_window_s`` before the go cue (12 states, t_k ∈ (−0.3, 0]).
     """
     w = rnn.load_weights(c.rnn_weights)
     mu_x, sd_x, s_in, s_rec = rnn.stimulus_params(w)
@@ -287,7 +287,7 @@ def run_latent(n_trials: int, seed: int, *, config: MouseConfig | None = None,
     """Run the latent model and readout for ``n_trials`` trials of one condition (to the go cue).
 
     Instructed sides are drawn 50/50 unless given. All trials share the light window. With
-    ``config.model == "rnn"`` the §5.B network runs instead of the §5.A latents (25-ms states from
+    ``config.model == "rnn"`` the authors' RNN runs instead of the reduced latents (25-ms states from
     −3.1 s; ``x_left``/``x_right`` are the hemispheres' readout logits).
     """
     c = config or MouseConfig()
@@ -352,7 +352,7 @@ def generate_trialset(
         upd["tau_drift_days"] = tau_drift_days
     c = MouseConfig(**{**c.model_dump(), **upd})
     if c.model == "rnn":
-        raise ValueError("generate_trialset runs the §5.A latents only; for spikes of the §5.B RNN step a "
+        raise ValueError("generate_trialset runs the reduced latents only; for spikes of the RNN step a "
                          "SimulatedMouse(MouseConfig(model='rnn'), seed)")
     ratio = bin_s / c.model_dt_s
     if abs(ratio - round(ratio)) > 1e-6 or ratio < 1:
@@ -377,6 +377,6 @@ def generate_trialset(
                         "hemisphere": light.hemisphere, "t_on_s": light.t_on_s,
                         "t_off_s": light.t_off_s, "ramp_down_s": light.ramp_down_s,
                         "power_mw": light.power_mw, "spots": light.spots},
-                    "early_lick_trials": "not generated (excluded from analyses, science.md §1.1)",
+                    "early_lick_trials": "not generated (excluded from analyses)",
                     "config": c.model_dump(mode="json"),
                     "trials": list(range(n_trials))})

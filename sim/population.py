@@ -1,4 +1,4 @@
-"""The Poisson spiking layer of science.md §5.C: ALM units read out from the latent x_L, x_R.
+"""The Poisson spiking layer (docs/simulator.md): ALM units read out from the latent x_L, x_R.
 
 This module owns the per-unit coefficients (log-normal baselines, contra-biased choice loadings
 β, ramp loadings γ, a sparse stimulus-coding minority δ, fast-spiking units excited by light,
@@ -31,7 +31,7 @@ class Units:
     """Coefficients of every unit (arrays of shape (n_units,), left hemisphere first).
 
     ``beta_mean``/``beta_sd`` and ``log_baseline_mean``/``log_baseline_sd`` are each unit's
-    population statistics: the drift of §5.E is an OU process around them.
+    population statistics: the drift (sim/drift.py) is an OU process around them.
     """
 
     hemisphere: npt.NDArray[np.int8]  #: 0 left, 1 right
@@ -59,7 +59,7 @@ class Units:
 
 
 def draw_units(c: MouseConfig, rng: np.random.Generator) -> Units:
-    """Draw a population for one mouse (science.md §5.C defaults, [D])."""
+    """Draw a population for one mouse (defaults: docs/simulator.md)."""
     n_h = c.units_per_hemisphere
     n = 2 * n_h
     hemi = np.repeat(np.array([0, 1], dtype=np.int8), n_h)
@@ -73,7 +73,7 @@ def draw_units(c: MouseConfig, rng: np.random.Generator) -> Units:
     beta_sd = np.full(n, c.choice_loading_sd)
     lb_mean = np.where(is_fs, math.log(c.fs_baseline_median_hz), math.log(c.baseline_median_hz))
     lb_sd = np.full(n, c.baseline_sigma_log)
-    # FS units carry weak choice loadings (a third of the pyramidal spread) [D]
+    # FS units carry weak choice loadings (a third of the pyramidal spread)
     beta_sd[is_fs] /= 3.0
     beta_mean[is_fs] = 0.0
     beta = beta_mean + beta_sd * rng.standard_normal(n)
@@ -91,7 +91,7 @@ def draw_units(c: MouseConfig, rng: np.random.Generator) -> Units:
 
 
 class RateModel:
-    """λ_i(t) of §5.C for a batch of trials (live mouse: a batch of one).
+    """λ_i(t) of the spiking layer for a batch of trials (live mouse: a batch of one).
 
     λ_i = b_i exp(β_i x_h / x_ref + γ_i r + δ_i y 1[sample] + g_h) × light_i × rebound_h, with
     g_h the trial's shared log-gain of hemisphere h, light_i = 1 − ε_i L(t − latency) for

@@ -1,6 +1,6 @@
-"""The authors' two-hemisphere rate RNN of science.md §5.B (Chen 2021; Kang/Druckmann Dual-ALM RNN).
+"""The authors' two-hemisphere rate RNN (Chen et al., Cell 2021; Kang/Druckmann Dual-ALM RNN).
 
-This module owns the §5.B network: its weights (:class:`RNNWeights`, stored as a small ``.npz``
+This module owns that network (docs/simulator-rnn.md): its weights (:class:`RNNWeights`, stored as a small ``.npz``
 whose metadata carries the training recipe and the accuracies it reached), the torch training
 recipe (:func:`train`; ``python -m sim.rnn train --out FILE`` regenerates the shipped weights
 ``sim/data/dual_alm_rnn_modular_seed0.npz``), and the NumPy forward step (:func:`step`,
@@ -17,8 +17,8 @@ N(±0.15, 1) i.i.d. per step during the sample, 0 otherwise; one linear readout 
 
 Time grid (the authors'): step k = 0…124 produces the state at t_k = −3.1 + 0.025 k s from the
 go cue (:data:`STEP_T_S`); the stimulus enters the steps with −3.0 ≤ t_k < −1.7, the loss is taken
-at every delay step (t_k ≥ −1.7) and accuracy at the last (t = 0); the test perturbation of
-§5.B zeroes a hemisphere's state after every step with −1.7 ≤ t_k ≤ −0.9 (:func:`spec_eps`).
+at every delay step (t_k ≥ −1.7) and accuracy at the last (t = 0); the authors' test perturbation
+zeroes a hemisphere's state after every step with −1.7 ≤ t_k ≤ −0.9 (:func:`spec_eps`).
 In the simulator the perturbation is general: after each update h_h ← (1 − ε_h) h_h, so ε = 1 is
 the authors' h = 0 and partial silencing comes from the light's dose-response. The per-hemisphere
 "latent" is the hemisphere's readout logit z_h = w_h · h_h + b_h (z > 0 ≙ lick-right).
@@ -45,15 +45,15 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-N_NEURONS = 256  #: [V] RNN n_neurons
+N_NEURONS = 256  #: authors' n_neurons
 N_HALF = N_NEURONS // 2
-DT_S = 0.025  #: [V] RNN t_step 25 ms
-TAU_S = 0.050  #: [V] RNN tau 50 ms
+DT_S = 0.025  #: authors' t_step 25 ms
+TAU_S = 0.050  #: authors' tau 50 ms
 A = DT_S / TAU_S  #: 0.5
-T_BEGIN_S = -3.1  #: [V] RNN trial_begin_t
+T_BEGIN_S = -3.1  #: authors' trial_begin_t
 T_SAMPLE_S = -3.0  #: sample onset
 T_DELAY_S = -1.7  #: delay onset
-PERT_S = (-1.7, -0.9)  #: test perturbation window, both ends inclusive [V] RNN
+PERT_S = (-1.7, -0.9)  #: test perturbation window, both ends inclusive (authors')
 N_STEPS = 125  #: −3.1 … 0 s inclusive
 #: time of the state each step produces, seconds from the go cue
 STEP_T_S: FloatArray = np.round(T_BEGIN_S + DT_S * np.arange(N_STEPS), 6)
@@ -73,7 +73,7 @@ _EVAL_STREAM = 35
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a network is trained (science.md §5.B; every default is the spec's unless noted)."""
+    """How a network is trained (every default is the authors' unless noted; docs/simulator-rnn.md)."""
 
     seed: int = 0
     n_train: int = 5000
@@ -87,7 +87,7 @@ class Recipe:
     input_mean: float = 0.15
     input_sd: float = 1.0
     cross_init: float = 0.2  #: init_cross_hemi_rel_factor
-    #: "modular": only W_LL, W_RR (and their biases) trained, cross blocks frozen at init (§5.B);
+    #: "modular": only W_LL, W_RR (and their biases) trained, cross blocks frozen at init (authors');
     #: "full": every recurrent weight trained (the authors' train_type_uniform)
     training: Literal["modular", "full"] = "modular"
     threads: int = 2  #: torch CPU threads (the result does not depend on it)
@@ -160,7 +160,7 @@ def stimulus_params(w: RNNWeights) -> tuple[float, float, float, float]:
 
 
 def init_weights(seed: int, cross_init: float = 0.2) -> RNNWeights:
-    """Initial weights of §5.B (NumPy draws, so the start of training is framework-independent)."""
+    """Initial weights as the authors' (NumPy draws, so the start of training is framework-independent)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _INIT_STREAM]))
     sd_in = 1.0 / math.sqrt(N_NEURONS)
     sd_ro = 1.0 / math.sqrt(N_HALF)
@@ -191,7 +191,7 @@ def step(
     sigma_in: float = 0.1,
     sigma_rec: float = 0.1,
 ) -> None:
-    """Advance every trial of the batch by one 25-ms step, in place (§5.B), then apply the light.
+    """Advance every trial of the batch by one 25-ms step, in place, then apply the light.
 
     Args:
         w: the network.
@@ -231,7 +231,7 @@ def readout(w: RNNWeights, h: FloatArray) -> tuple[FloatArray, FloatArray]:
 
 
 def spec_eps(hemisphere: Literal["none", "left", "right", "bilateral"]) -> FloatArray:
-    """(2, 125) ε per step of the §5.B test perturbation: 1 on steps −1.7 ≤ t_k ≤ −0.9 s, else 0."""
+    """(2, 125) ε per step of the authors' test perturbation: 1 on steps −1.7 ≤ t_k ≤ −0.9 s, else 0."""
     eps = np.zeros((2, N_STEPS))
     if hemisphere in ("left", "bilateral"):
         eps[0, PERT_STEPS] = 1.0
@@ -270,7 +270,7 @@ def make_split(recipe: Recipe, split: Literal["train", "val", "test"]) -> tuple[
     """The balanced stimulus set of a split: (n, 125) stimuli and labels y = ±1 (+1 ≙ lick right).
 
     Half the trials of each split are lick-right (a random half); during the sample each step's
-    stimulus is N(y · input_mean, input_sd²), 0 elsewhere (§5.B).
+    stimulus is N(y · input_mean, input_sd²), 0 elsewhere (authors' recipe).
     """
     n = {"train": recipe.n_train, "val": recipe.n_val, "test": recipe.n_test}[split]
     rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, _DATA_STREAM,
@@ -290,7 +290,7 @@ def last_step_accuracy(z_l: FloatArray, z_r: FloatArray, y: npt.NDArray[np.int8]
 
 def evaluate(w: RNNWeights, recipe: Recipe, split: Literal["train", "val", "test"] = "test", *,
              seed: int = 0) -> dict[str, dict[str, float]]:
-    """Readout accuracy at t = 0 under the §5.B test perturbations (control, left, right, bilateral).
+    """Readout accuracy at t = 0 under the authors' test perturbations (control, left, right, bilateral).
 
     Common random numbers: every condition sees the same stimuli and noise. Returns, per
     condition, the accuracy of each hemisphere's readout (``left``, ``right``), their mean
@@ -421,7 +421,7 @@ def train(recipe: Recipe | None = None, *, log: bool = False) -> RNNWeights:
     w = RNNWeights(w_ll=arr["w_ll"], w_rr=arr["w_rr"], w_lr=arr["w_lr"], w_rl=arr["w_rl"], b_l=arr["b_l"],
                    b_r=arr["b_r"], wx_l=w0.wx_l, wx_r=w0.wx_r, ro_l=w0.ro_l, ro_r=w0.ro_r)
     meta: dict[str, Any] = {
-        "model": "science.md §5.B two-hemisphere tanh RNN (Chen 2021, Dual_ALM_RNN TwoHemiRNNTanh)",
+        "model": "two-hemisphere tanh RNN (Chen et al., Cell 2021; Dual_ALM_RNN TwoHemiRNNTanh)",
         "recipe": asdict(r), "updates": updates, "best_epoch": best[1] + 1, "val_accuracy": best[0],
         "val_accuracy_by_epoch": val_scores, "final_train_loss": losses[-1] if losses else math.nan,
         "train_seconds": round(time.perf_counter() - t_start, 1), "torch": str(torch.__version__),
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             tr.add_argument("--max-batches", type=int, default=None)
         else:
             tr.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
-    ev = sub.add_parser("evaluate", help="print a network's metadata and its §5.B test accuracies")
+    ev = sub.add_parser("evaluate", help="print a network's metadata and its test accuracies (authors' perturbations)")
     ev.add_argument("file", type=Path, nargs="?", default=DEFAULT_WEIGHTS)
     a = ap.parse_args(argv)
     if a.cmd == "train":

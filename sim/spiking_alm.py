@@ -1,10 +1,10 @@
 """A spiking bilateral ALM for the simulated mouse: two hemispheres of LIF pools, stepped per 1 ms.
 
-Mimics science.md §5.A qualitatively with spikes instead of a latent ODE: each hemisphere has two
+Mimics the reduced model (docs/simulator.md) qualitatively with spikes instead of a latent ODE: each hemisphere has two
 excitatory choice-selective pools (lick-left ``EL``, lick-right ``ER``) with strong recurrent
 excitation and a shared inhibitory pool (winner-take-all, so one pool holds a persistent "choice"
 state through the delay), and the hemispheres are coupled by weaker callosal excitation between
-same-choice pools (the modularity of §5.A: within ≫ across). Sensory drive during the sample
+same-choice pools (modularity: within ≫ across). Sensory drive during the sample
 epoch pushes the pool of the instructed side; photoinhibition silences a hemisphere's excitatory
 cells; after light offset the silenced hemisphere recovers the choice from callosal input
 (and does not without it: ``callosal_scale=0``).
@@ -204,7 +204,7 @@ class SpikingALM:
              light_eps_left: float = 0.0, light_eps_right: float = 0.0) -> npt.NDArray[np.int64]:
         """Advance 1 ms; return the spike counts of this bin (n_units,), overwritten next step.
 
-        Sensory inputs are signed (> 0 favours lick right, as u(t) in §5.A);
+        Sensory inputs are signed (> 0 favours lick right, as u(t) of the reduced model);
         light ε ∈ [0, 1] silences a hemisphere's excitatory cells.
         """
         prm = self.params

@@ -4,7 +4,7 @@ This module owns :class:`SpikingMouse`, the ``model="spiking"`` mouse of ``rigd 
 --model spiking --backend cpu|lava``. Everything the rig sees of the task is
 :class:`~sim.mouse.SimulatedMouse`'s: the state machine, trial events, light commands and their
 acknowledgements, the light physiology (dose-response, spread, onset latency, ramp-down), the
-watchdog and the §5.D behaviour readout. What differs is where ALM activity comes from: the
+watchdog and the behaviour readout (docs/simulator.md). What differs is where ALM activity comes from: the
 three model hooks of SimulatedMouse are replaced so that
 
 * at each model step (``model_dt_s``, 5 ms by default) the network of :mod:`sim.spiking_alm` runs

@@ -71,8 +71,8 @@ def test_state_triggered_labels_against_running_median_and_stratifies_light() ->
 
 def test_state_triggered_signed_state_calls_wrong_side_commitment_weak() -> None:
     # every 4th trial the read hemisphere sits deep on the WRONG side (|CD − db| = 2, large): the
-    # signed state (CD − db)·y of science.md §5.F labels it weak (it predicts an error); the
-    # literal |CD − db| of §7.3 calls it strong.
+    # signed state (CD − db)·y (docs/simulator.md) labels it weak (it predicts an error); the
+    # unsigned |CD − db| calls it strong.
     def fill(est: Estimate, st: TrialState, k: int) -> None:
         y = 1 if st.instructed > 0 else -1
         est.right = (-2.0 if k % 4 == 3 else 0.5 + 0.01 * (k % 7)) * y

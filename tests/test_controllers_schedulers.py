@@ -58,7 +58,7 @@ def test_chen2021_block_fractions_window_and_light_parameters() -> None:
         assert abs(counts[c] - 40) <= 3
     assert len(reqs) == sum(lg["perturbed"] for lg in logs)
     for r, t_s in reqs:
-        # first 10-ms frame at/after −1.7 s; the window end stays at −0.9 s (ramp inside, §5.F)
+        # first 10-ms frame at/after −1.7 s; the window end stays at −0.9 s (ramp inside, docs/protocols.md)
         assert -1.7 <= t_s < -1.69
         assert r.duration_s + t_s == pytest.approx(-0.9, abs=1e-9)
         assert r.ramp_down_s == 0.1 and r.power_mw_per_spot == 1.5 and r.freq_hz == 40.0

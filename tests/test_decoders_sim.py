@@ -1,4 +1,4 @@
-"""Acceptance tests of the decoders on the simulated mouse (sim.offline, science.md §2.4 and §5.E).
+"""Acceptance tests of the decoders on the simulated mouse (sim.offline; docs/decoders.md, docs/simulator.md).
 
 Skipped, with the reason shown, only if ``sim.offline`` cannot be imported.
 """
@@ -37,7 +37,7 @@ def test_cd_predicts_upcoming_choice_in_last_300ms_of_delay(name):
     ts = offline.generate_trialset(400, seed=21, units_per_hemisphere=40)
     times, acc = accuracy_over_time(name, ts, folds=5)
     late = acc[(times > -0.3 + 1e-9) & (times <= 1e-9)].mean()
-    # issue 4 target: >= 0.75 (science.md §2.4: 0.75-0.80 at the go cue for 40 units/hemisphere).
+    # issue 4 target: >= 0.75 (the simulator gives 0.75-0.80 at the go cue for 40 units/hemisphere).
     # n = 400 trials, binomial SE <= 0.022: requiring 0.75 with no slack would already be 3 SE
     # below the values measured here (~0.93, choice labels); chance is 0.5.
     assert late >= 0.75
@@ -47,7 +47,7 @@ def test_cd_predicts_upcoming_choice_in_last_300ms_of_delay(name):
 
 @pytest.mark.slow
 def test_frozen_decoder_decays_with_drift_but_adaptive_workflow_holds():
-    """τ_D = 11 d (science.md §5.E): frozen day-0 CD → ≈ chance by day 32; adaptive stays >= 0.70."""
+    """τ_D = 11 d (docs/simulator.md drift): frozen day-0 CD → ≈ chance by day 32; adaptive stays >= 0.70."""
     mice = (1, 2, 3, 4)
     frozen_acc = np.zeros((len(mice), len(DAYS)))
     adaptive_acc = np.zeros((len(mice), len(DAYS)))
@@ -66,9 +66,9 @@ def test_frozen_decoder_decays_with_drift_but_adaptive_workflow_holds():
             served = ~np.isnan(v)
             assert served.sum() == 300 - 40  # every trial after the first fit is decoded online
             adaptive_acc[m, d] = np.mean(np.sign(v[served]) == ts.choice[served])
-    # Frozen: day 0 high, day 32 near chance. science.md §5.E: one mouse varies by about +-0.07
+    # Frozen: day 0 high, day 32 near chance. docs/simulator.md: one mouse varies by about +-0.07
     # (measured here up to 0.73 at day 32 for one mouse); the mean over 4 mice has SE ~0.05, and
-    # the §5.E mean over 100 mice is 0.53, so the mean at day 32 must be below 0.65 (chance + 3 SE)
+    # the simulator's mean over 100 mice is 0.53, so the mean at day 32 must be below 0.65 (chance + 3 SE)
     # and at least 0.25 below day 0.
     mean_frozen = frozen_acc.mean(axis=0)
     assert mean_frozen[0] >= 0.8

@@ -1,8 +1,8 @@
-"""Dry runs of the shipped protocols on the simulated mouse (science.md §5.A, §5.F, §7.3).
+"""Dry runs of the shipped protocols on the simulated mouse (docs/protocols.md, docs/simulator.md).
 
 Everything here runs by default (the statistical ones are marked ``slow``): the dry runs go
 through :func:`rig.dry_run.dry_run`, the code path of ``rigd protocol check FILE --dry-run N``,
-with 5-ms bins and short ITIs/timeouts (``rig.dry_run.default_config``). Tolerances follow §5.F:
+with 5-ms bins and short ITIs/timeouts (``rig.dry_run.default_config``). Tolerances follow docs/simulator.md:
 a proportion p measured on n trials is tested to 3 binomial SE √(p(1−p)/n) plus the model's 0.02
 bias; the simulator's reference values are recomputed with the vectorised model (sim.offline,
 sim.analysis) on the same conventions (all trials, window −1.7…−0.9 s, ramp inside the window).
@@ -28,13 +28,13 @@ STATE = ROOT / "protocols" / "state_triggered.toml"
 
 
 def _tol(p: float, n: float) -> float:
-    """3 binomial SE at n trials plus the model's known bias (science.md §5.F)."""
+    """3 binomial SE at n trials plus the model's known bias (docs/simulator.md)."""
     return 3 * math.sqrt(p * (1 - p) / n) + 0.02
 
 
 @cache
 def _sim_modularity(mu_left: float, mu_right: float) -> tuple[float, float]:
-    """M_L, M_R of the simulator (§5.A table) recomputed offline: 3,000 trials, common random numbers."""
+    """M_L, M_R of the simulator (docs/simulator.md table) recomputed offline: 3,000 trials, common random numbers."""
     runs = run_conditions(3000, 11, config=MouseConfig(mu_left=mu_left, mu_right=mu_right),
                           conditions=("control", "left", "right"))
     t = runs["control"].t_s
@@ -67,7 +67,7 @@ def test_short_chen_dry_run_lights_the_mouse_through_the_interlock() -> None:
 
 
 def test_sim_modularity_reference_matches_science_table() -> None:
-    # §5.A table: μ = 0.6 → M = 0.89; μ = (0.7, 0.35) → 0.94, 0.60 (n = 3,000, ±0.02)
+    # outcome table: μ = 0.6 → M = 0.89; μ = (0.7, 0.35) → 0.94, 0.60 (n = 3,000, ±0.02)
     assert _sim_modularity(0.6, 0.6) == pytest.approx((0.89, 0.89), abs=0.02)
     assert _sim_modularity(0.7, 0.35) == pytest.approx((0.94, 0.60), abs=0.02)
 
@@ -75,7 +75,7 @@ def test_sim_modularity_reference_matches_science_table() -> None:
 def _chen2021_dry_run(mu_left: float, mu_right: float, seed: int,
                       targets: dict[str, float]) -> tuple[DryRunResult, tuple[float, float]]:
     """400 dry-run trials of the Chen 2021 protocol on a μ mouse; per-condition performance within
-    tolerance of the §5.A table's ``targets``. Returns the result and the simulator's (M_L, M_R)."""
+    tolerance of the outcome table's ``targets``. Returns the result and the simulator's (M_L, M_R)."""
     proto = load_protocol(CHEN)
     r = dry_run(proto, 400, seed=seed, config=default_config(proto, mu_left=mu_left, mu_right=mu_right))
     print(r.report())
@@ -106,7 +106,7 @@ def test_chen2021_bilateral_near_chance_unilateral_near_control_and_probe_recove
 @pytest.mark.slow
 def test_chen2021_asymmetric_mouse_shows_deficit_when_modular_side_is_silenced() -> None:
     # μ = (0.7, 0.35): silencing the left (modular) hemisphere leaves the driven right one
-    # (μ_R = 0.35) without selectivity → 0.71 vs 0.81 for right PI (§5.A table)
+    # (μ_R = 0.35) without selectivity → 0.71 vs 0.81 for right PI (outcome table)
     r, m_sim = _chen2021_dry_run(0.7, 0.35, 2, {"control": 0.81, "left_alm": 0.71, "right_alm": 0.81,
                                                 "bilateral_alm": 0.50})
     p = r.performance
@@ -123,16 +123,16 @@ def test_chen2021_asymmetric_mouse_shows_deficit_when_modular_side_is_silenced()
 
 @pytest.mark.slow
 def test_state_triggered_dry_run_with_online_decoder_matches_the_model() -> None:
-    """§7.3 on the simulated mouse, with the real online CD decoder reading the right hemisphere.
+    """State-triggered experiment on the simulated mouse, the online CD decoder reading the right hemisphere.
 
-    Mouse μ = (0.7, 0.35) (the §5.A asymmetric row): silencing the modular left hemisphere in the
+    Mouse μ = (0.7, 0.35) (asymmetric row, docs/simulator.md): silencing the modular left hemisphere in the
     early delay changes behaviour (0.81 → 0.71); at μ = 0.6 it changes nothing (0.81 vs 0.81), so no
     state split could show a behavioural effect there.
 
     What the model predicts (sim.offline, 20,000 paired trials): weak-state trials are the
     error-prone ones even without light (≈ 0.64 vs 0.99 correct), and the effect of light is
     *smaller* in the weak state (≈ 0.04 vs 0.14; weak − strong ≈ −0.10 ± 0.005): the opposite of
-    the §7.3 prediction. This test asserts what the model does — the sign convention (weak unlit
+    a larger weak-state effect. This test asserts what the model does — the sign convention (weak unlit
     < strong unlit) and a dry-run difference within 3 SE + 0.02 of the offline prediction — and
     prints the statistics; see docs/protocols.md "State-triggered experiment".
     """
@@ -147,7 +147,7 @@ def test_state_triggered_dry_run_with_online_decoder_matches_the_model() -> None
         f"{k.removeprefix('read_selectivity_')} = {v:.3f}" for k, v in se.items() if k.startswith("read_sel")))
     assert r.estimator == "decoder" and se
     assert min(se[f"n_{s}_{lt}"] for s in ("weak", "strong") for lt in ("light", "no_light")) >= 30
-    # the state label predicts performance without light (§5.F signed state): n ≈ 120 each,
+    # the state label predicts performance without light (signed state): n ≈ 120 each,
     # SE of the gap ≈ 0.05; the model's gap is 0.35
     assert se["correct_weak_no_light"] + 0.15 < se["correct_strong_no_light"]
     # the dry run agrees with the offline model: |D_dry − D_model| ≤ 3 SE + 0.02

@@ -301,7 +301,7 @@ def test_report_numbers_match_the_analysis_helpers(
         sel_o = (analysis.selectivity(rates[oth][:, :, units], instructed[oth]) * pref).mean(axis=1)
         assert m["M"] == pytest.approx(analysis.modularity(sel_o, sel_c, t_s), rel=1e-12)
         assert m["ci_low"] <= m["M"] <= m["ci_high"]
-        # the mouse is modular (μ = 0.6 → M ≈ 0.89 on the latent, §5.A); a spike-based estimate from
+        # the mouse is modular (μ = 0.6 → M ≈ 0.89 on the latent, docs/simulator.md); a spike-based estimate from
         # ~40 units and 48 trials per condition is noisy, so only "clearly modular" is asserted
         assert m["M"] > 0.4
     # figures exist, are PNGs of the expected size, and are not blank

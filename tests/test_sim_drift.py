@@ -1,4 +1,4 @@
-"""Across-session drift (science.md §5.E) under the exact drift-check conventions of §5.F."""
+"""Across-session drift under the exact drift-check conventions of docs/simulator.md."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sim.drift import units_for_day
 from sim.offline import generate_trialset
 
 DAYS = (0, 1, 4, 8, 16, 32)
-#: §5.E, τ_D = 11 d: mean over 100 simulated mice, each ± 0.015 (SE of that mean)
+#: docs/simulator.md, τ_D = 11 d: mean over 100 simulated mice, each ± 0.015 (SE of that mean)
 TABLE_TAU11 = (0.76, 0.73, 0.67, 0.61, 0.55, 0.53)
 TABLE_SE = 0.015
 
@@ -44,7 +44,7 @@ def test_day_of_a_mouse_is_reproducible_and_population_statistics_are_conserved(
 
 @pytest.mark.slow
 def test_fixed_day0_coding_direction_decays_like_table_for_tau_11_days() -> None:
-    # §5.F drift check: left hemisphere, N = 40 units, 400 trials per session labelled by instructed
+    # the drift check: left hemisphere, N = 40 units, 400 trials per session labelled by instructed
     # side, counts in the late-delay 100-ms bin −0.3…−0.2 s, CD + inverse-variance boundary fitted on
     # the whole day-0 session, tested on a new session each day (day 0 included); no stimulus
     # term, no shared gain noise (and no FS units: 40 pyramidal units).

@@ -1,11 +1,11 @@
-"""The reduced bilateral ALM model reproduces the outcome tables of science.md §5.A and §5.D.
+"""The reduced bilateral ALM model reproduces the outcome table and behaviour readout of docs/simulator.md.
 
-Conventions are those of science.md §5.F (all trials labelled by instructed side, ramp inside the
+Conventions are those of docs/simulator.md (all trials labelled by instructed side, ramp inside the
 light window, lapse 0.02, Euler–Maruyama at dt = 5 ms). Every condition of one mouse is run with
 common random numbers (``run_conditions``), so differences between conditions are the light's
-alone. Tolerances follow §5.F: about 3 binomial SE plus the model's known bias (≤ 0.02). The sim's
+alone. Tolerances: about 3 binomial SE plus the model's known bias (≤ 0.02). The sim's
 own known bias: the light spills ε ≈ 0.014 into the *other* hemisphere's ALM at 1.5 mW (Gaussian
-spread §3.2 across the 3-mm gap), which the table's model did not have; it lowers M by ≈ 0.015.
+spread across the 3-mm gap), which the table's model did not have; it lowers M by ≈ 0.015.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _sel(run: LatentRun) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.slow
 def test_early_delay_photoinhibition_table_at_mu_06() -> None:
     # n = 20,000 per condition: binomial SE 0.003 (control) / 0.0035 (bilateral); t90 needs >= 10,000
-    # trials (§5.F: ±0.03 at 3,000 → ≈ ±0.012 at 20,000).
+    # trials (±0.03 at 3,000 → ≈ ±0.012 at 20,000).
     n = 20_000
     runs = run_conditions(n, 101, config=MouseConfig(mu_left=0.6, mu_right=0.6))
     acc = {k: v.accuracy for k, v in runs.items()}
@@ -95,7 +95,7 @@ def test_asymmetric_mouse_loses_accuracy_when_modular_side_is_silenced() -> None
 
 @pytest.mark.slow
 def test_callosotomy_silenced_side_does_not_recover() -> None:
-    # μ = 0.6, J = 0: §5.A "accuracy ≈ 0.65–0.67 after unilateral PI (0.666–0.671 at n = 20,000)";
+    # μ = 0.6, J = 0: outcome table "accuracy ≈ 0.65–0.67 after unilateral PI (0.666–0.671 at n = 20,000)";
     # the other hemisphere keeps its selectivity (M = 1.00), the silenced one stays ≈ 0.
     n = 20_000
     runs = run_conditions(n, 404, config=MouseConfig(callosotomy=True),
@@ -113,7 +113,7 @@ def test_callosotomy_silenced_side_does_not_recover() -> None:
 
 @pytest.mark.slow
 def test_full_delay_unilateral_photoinhibition_biases_licks_ipsilaterally() -> None:
-    # §5.D at μ = 0.6, light −1.7…0 s: left PI → lick-right trials 0.40, lick-left 0.90; right PI
+    # behaviour readout at μ = 0.6, light −1.7…0 s: left PI → lick-right trials 0.40, lick-left 0.90; right PI
     # mirrored. n = 10,000 per condition, ≈ 5,000 per instructed side: SE ≤ 0.007.
     n = 10_000
     runs = run_conditions(n, 505, t_on_s=-1.7, t_off_s=0.0, conditions=("left", "right"))

@@ -1,12 +1,12 @@
-"""The §5.B two-hemisphere RNN (sim/rnn.py) and the simulator running it (model="rnn").
+"""The authors' two-hemisphere RNN (sim/rnn.py) and the simulator running it (model="rnn").
 
-What is checked: the shipped weights are what their metadata says (the §5.B recipe, the
+What is checked: the shipped weights are what their metadata says (the authors' recipe, the
 validation accuracy recorded, re-measured with the NumPy forward pass on fresh noise); the NumPy
 forward pass is the training (torch) forward pass; the Chen 2021 robustness result the modular
 network is meant to reproduce (unilateral early-delay perturbation ≈ control, bilateral → chance);
 the recipe is deterministic from its seed and "modular" training leaves the callosal blocks at
 their initial values; the simulator's behaviour readout and light on the RNN (sim.offline) and
-the live SimulatedMouse stepping the network every 25 ms. Tolerances follow science.md §5.F
+the live SimulatedMouse stepping the network every 25 ms. Tolerances follow docs/simulator.md
 (3 binomial SE plus a stated bias) and say their n.
 """
 
@@ -61,7 +61,7 @@ def test_shipped_weights_follow_the_recipe_and_reach_the_recorded_validation_acc
     w = rnn.load_weights()
     meta = w.meta
     recipe = rnn.Recipe(**meta["recipe"])
-    # the §5.B numbers, not a tuned variant
+    # the authors' numbers, not a tuned variant
     assert {k: v for k, v in asdict(recipe).items() if k != "threads"} == {
         k: v for k, v in asdict(rnn.Recipe()).items() if k != "threads"}
     assert meta["updates"] == recipe.epochs * (recipe.n_train // recipe.batch)
@@ -112,7 +112,7 @@ def test_numpy_forward_is_the_training_forward() -> None:
 
 
 def test_modular_network_is_robust_to_unilateral_but_not_bilateral_perturbation() -> None:
-    # Chen 2021 / science.md §5.B: the hemisphere's state set to 0 every step −1.7…−0.9 s.
+    # Chen 2021 (authors' code): the hemisphere's state set to 0 every step −1.7…−0.9 s.
     # Test set, n = 1,000 per condition, common random numbers.
     w = rnn.load_weights()
     recipe = rnn.Recipe(**w.meta["recipe"])
@@ -170,7 +170,7 @@ def test_config_runs_the_rnn_on_its_own_clock() -> None:
 
 
 def test_behaviour_and_light_on_the_rnn_mouse() -> None:
-    # §5.D readout on the logits; light = (1 − ε) h with the dose-response (1.5 mW × 4 spots: ε ≈ 0.999).
+    # behaviour readout on the logits; light = (1 − ε) h with the dose-response (1.5 mW × 4 spots: ε ≈ 0.999).
     # n = 3,000 per condition, common random numbers: control in the task's range (0.75–0.85, below
     # the ideal observer); unilateral early-delay ≈ control (the network is robust); bilateral chance.
     c = MouseConfig(model="rnn")
@@ -187,7 +187,7 @@ def test_behaviour_and_light_on_the_rnn_mouse() -> None:
     lit = (t > -1.65) & (t < -1.0)
     assert np.abs(runs["left"].x_left[:, lit]).max() < 0.02
     assert np.abs(runs["control"].x_left[:, lit]).mean() > 1.0
-    # full-delay unilateral light (−1.7…0 s): the §5.D non-selective term biases licks ipsilaterally
+    # full-delay unilateral light (−1.7…0 s): the readout's non-selective term biases licks ipsilaterally
     full = run_latent(n, 21, config=c, light=LightWindow("left", -1.7, 0.0, 0.1))
     y = full.instructed
     assert full.correct[y < 0].mean() > full.correct[y > 0].mean() + 0.2
@@ -245,11 +245,12 @@ STATE = Path(__file__).resolve().parents[1] / "protocols" / "state_triggered.tom
 
 @pytest.mark.slow
 def test_state_triggered_prediction_on_the_rnn_weak_effect_larger_but_tiny() -> None:
-    """§7.3 on the §5.B RNN: the shipped protocol (left ALM lit −1.7…−0.9 s, right hemisphere read
-    in −2.1…−1.7 s, signed state), 20,000 paired trials (sim.offline, common random numbers).
+    """State-triggered experiment on the authors' RNN: the shipped protocol (left ALM lit −1.7…−0.9 s, right
+    hemisphere read in −2.1…−1.7 s, signed state), 20,000 paired trials (sim.offline, common random
+    numbers).
 
     What the network does (docs/simulator-rnn.md): the effect of light on behaviour is larger in the
-    weak state than in the strong state — the §7.3 direction, ≈ 3 SE at this n (0.0070 ± 0.0021 with
+    weak state than in the strong state — a larger weak-state effect, ≈ 3 SE at this n (0.0070 ± 0.0021 with
     seed 5, 0.0074 ± 0.0021 with seed 6) — but tiny: the modular network is robust to unilateral
     photoinhibition in both states (< 1 percentage point), far below what a session could resolve.
     It is a property of the shipped network instance: a network trained with seed 1 shows it with
@@ -281,7 +282,7 @@ def test_protocol_check_dry_runs_on_the_rnn_from_the_command_line() -> None:
 
 
 def test_rigd_start_sim_with_the_rnn_mouse_end_to_end(tmp_path: Path) -> None:
-    """``rigd start --rig sim --model rnn``: the live rig runs the §5.B network; the session completes."""
+    """``rigd start --rig sim --model rnn``: the live rig runs the authors' network; the session completes."""
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime)}

@@ -1,6 +1,6 @@
 """The spiking bilateral ALM: persistent choice activity and recovery after unilateral silencing.
 
-Qualitative criteria (science.md §5.A, Li 2016 / Chen 2021), on the CPU backend (bit-identical
+Qualitative criteria (the reduced model's, docs/simulator.md; Li 2016 / Chen 2021), on the CPU backend (bit-identical
 to Lava, checked in test_spiking_lava.py), 100 units per hemisphere, 1-ms steps:
 sample epoch 300–800 ms with a shared signed sensory input y = ±1, delay after it; unilateral
 photoinhibition of the left hemisphere 1.0–1.8 s with the 100-ms linear ramp-down.
@@ -43,7 +43,7 @@ def test_choice_persists_through_the_delay_after_the_sample_ends() -> None:
     # 6 trials (y = ±1, 3 seeds). Criterion per trial: 0.5 s and 1.7 s after sample offset, in
     # both hemispheres the instructed pool fires > 20 Hz and the other < 5 Hz, and the latent
     # x_h has the sign of y. Observed: 6/6 (rates 35–80 Hz vs 0–2 Hz); we require ≥ 5/6 to
-    # tolerate one spontaneous switch (the model is noisy, like the §5.A double well).
+    # tolerate one spontaneous switch (the model is noisy, like the reduced model's double well).
     ok = 0
     for y in (1, -1):
         for seed in range(3):

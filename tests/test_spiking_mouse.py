@@ -44,7 +44,7 @@ def test_config_accepts_spiking_and_rejects_what_the_network_cannot_run() -> Non
         MouseConfig(model="spiking", bin_s=0.005)
     with pytest.raises(ValueError, match="even"):
         MouseConfig(model="spiking", units_per_hemisphere=41)
-    with pytest.raises(ValueError, match="rnn"):  # the §5.B RNN runs on its own 25-ms clock (sim/rnn.py)
+    with pytest.raises(ValueError, match="rnn"):  # the authors' RNN runs on its own 25-ms clock (sim/rnn.py)
         MouseConfig(model="rnn", model_dt_s=0.005)
 
 
