@@ -1,4 +1,4 @@
-"""The light interlock: the only path from a decision to a light source (science.md §3.4).
+"""The light interlock: the only path from a decision to a light source (limits: docs/safety.md).
 
 This module owns every check between "a controller (or a wire message) asks for light" and "a
 command reaches the light source": power per spot (the calibrated maximum of every spot used and
@@ -8,12 +8,18 @@ time, with a small-N allowance: at most ``f × trials + small_n_allowance`` pert
 rolling energy budget per hemisphere (≤ 1 J per 10 min by default), galvo-spot validity (masks
 within the calibrated spots, consistent with the hemisphere), the command's deadline, and the
 watchdog on the service's own loop heartbeat (silent → ALL_OFF + alarm, refuse until it resumes).
+With a :class:`~hardware.ledger.LightLedger` the energy and the perturbed fraction also count what the
+same animal received on this rig before a restart, within the energy window.
 
 Every check runs before any state changes; an approved request is minted (hardware.light_source
 accepts nothing else) and sent whole; a refused one raises an alarm through ``on_alarm`` with the
 limit, the value and the allowed value, and sends nothing. Values are checked as the rig will see
 them (rounded to the wire's float32). It knows no sockets: the light source it is given does the
 sending. Time is passed in.
+
+Threads: one thread owns an interlock (the hot loop's, for a live session). Other threads read only
+:attr:`LightInterlock.published`, an immutable snapshot the owner refreshes with
+:meth:`LightInterlock.publish`; :meth:`LightInterlock.status` has no side effects.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ import struct
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from controllers.base import LightRequest
 from hardware.calibration import SafetyLimits
+from hardware.ledger import LedgerHistory, LightLedger
 from hardware.light_source import LightSource, MintedCommand, _token_for_interlock
 from rig.wire import LightAction, LightCommandFields, Waveform
 
@@ -79,11 +87,15 @@ class LightInterlock:
         limits: the rig's safety limits (hardware.calibration).
         source: the light source commands go to.
         on_alarm: called with an alarm dict for every refusal, watchdog trip and source failure.
-
+        ledger: where approved light and trial starts are appended (survives a restart).
+        history: what the ledger held within the energy window when this interlock was built:
+            its energy counts against the budget, its trials and perturbed trials against the
+            perturbed fraction.
     """
 
     def __init__(self, limits: SafetyLimits, source: LightSource,
-                 on_alarm: Callable[[dict[str, Any]], None]) -> None:
+                 on_alarm: Callable[[dict[str, Any]], None], *, ledger: LightLedger | None = None,
+                 history: LedgerHistory | None = None) -> None:
         self.limits = limits
         self._source = source
         self._on_alarm = on_alarm
@@ -99,18 +111,28 @@ class LightInterlock:
         self.refusals: Counter[str] = Counter()
         self.n_approved = 0
         self.alarms: deque[dict[str, Any]] = deque(maxlen=1000)  #: the most recent alarms
+        self._ledger = ledger
+        self.history = history or LedgerHistory()
+        self._n_trials = self.history.trials
+        self._n_perturbed = self.history.perturbed
+        self._energy.extend(self.history.energy)
+        #: the last snapshot :meth:`publish` made, for other threads (replaced whole, never mutated)
+        self.published: MappingProxyType[str, Any] = MappingProxyType(self.status())
 
     # --- trial and heartbeat -----------------------------------------------------------------
 
-    def on_trial_start(self, trial: int) -> None:
+    def on_trial_start(self, trial: int, now_ns: int | None = None) -> None:
         """Note that a new trial began (counts towards the perturbed-fraction limit)."""
         if trial > self._trial:
             self._trial = trial
             self._n_trials += 1
+            if self._ledger is not None:
+                self._ledger.record_trial(self._last_now if now_ns is None else now_ns, trial)
 
     def heartbeat(self, now_ns: int) -> None:
         """Record that the service's own loop is alive (every ≤ watchdog_s / 2); re-arms a trip."""
         self._last_hb = now_ns
+        self._last_now = max(self._last_now, now_ns)
         self._tripped = False
 
     def check_watchdog(self, now_ns: int) -> bool:
@@ -204,6 +226,8 @@ class LightInterlock:
         for h, mask in enumerate((spots_left, spots_right)):
             if mask:
                 self._energy.append((now_ns, h, joules[h]))
+        if self._ledger is not None:  # before the send: light the ledger does not know is never sent
+            self._ledger.record_light(now_ns, trial, cid, joules)
         try:
             self._source.send(MintedCommand(cmd, _TOKEN))
         except Exception as exc:
@@ -271,6 +295,7 @@ class LightInterlock:
                            (self._n_perturbed + 1) / max(self._n_trials, 1), lim.max_fraction_perturbed)
         # conservative energy: full power over the whole duration (the ramp counted as full power)
         joules = (p * 1e-3 * _popcount(sl) * d, p * 1e-3 * _popcount(sr) * d)
+        self._prune_energy(now_ns)
         used = self._energy_used(now_ns)
         for h in (0, 1):
             if joules[h] > 0 and used[h] + joules[h] > lim.energy_budget_j:
@@ -279,13 +304,18 @@ class LightInterlock:
                                f"{lim.energy_budget_j} J", used[h] + joules[h], lim.energy_budget_j)
         return p, d, r, f, joules
 
-    def _energy_used(self, now_ns: int) -> tuple[float, float]:
+    def _prune_energy(self, now_ns: int) -> None:
+        """Forget light older than the energy window (owner thread only)."""
         horizon = now_ns - int(self.limits.energy_window_s * NS)
         while self._energy and self._energy[0][0] <= horizon:
             self._energy.popleft()
+
+    def _energy_used(self, now_ns: int) -> tuple[float, float]:
+        """Energy per hemisphere within the window ending at ``now_ns`` (reads only)."""
+        horizon = now_ns - int(self.limits.energy_window_s * NS)
         used = [0.0, 0.0]
         for t, h, j in self._energy:
-            if t <= now_ns:
+            if horizon < t <= now_ns:
                 used[h] += j
         return used[0], used[1]
 
@@ -308,7 +338,11 @@ class LightInterlock:
         return cid
 
     def status(self) -> dict[str, Any]:
-        """Limits, energy used per hemisphere in the rolling window, counts and refusals by reason."""
+        """Limits, energy used per hemisphere in the rolling window, counts and refusals by reason.
+
+        Reads only (no pruning, no side effects); call it on the owner thread, or read
+        :attr:`published` from any other.
+        """
         used = self._energy_used(self._last_now)
         return {
             "limits": self.limits.model_dump(),
@@ -317,4 +351,12 @@ class LightInterlock:
             "trials": self._n_trials, "perturbed": self._n_perturbed, "approved": self.n_approved,
             "refusals": dict(self.refusals), "watchdog_tripped": self._tripped,
             "alarms": len(self.alarms),
+            "before_restart": {"trials": self.history.trials, "perturbed": self.history.perturbed,
+                               "energy_j": round(sum(e[2] for e in self.history.energy), 6),
+                               "ledger": self.history.path},
         }
+
+    def publish(self) -> MappingProxyType[str, Any]:
+        """Refresh :attr:`published` (owner thread): the snapshot other threads read."""
+        self.published = MappingProxyType(self.status())
+        return self.published

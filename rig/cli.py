@@ -15,13 +15,19 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from rig.config import ServiceConfig, runtime_dir
+from rig.config import ServiceConfig, is_placeholder_calibration, runtime_dir
+
+if TYPE_CHECKING:
+    from controllers.protocol import CheckResult
+    from hardware.calibration import SafetyLimits
+
+DEFAULT_CALIBRATION_NAME = "hardware/calibration_default.toml"  #: the shipped placeholder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rigd — closed-loop experiment control (delay task, ALM photoinhibition).")
@@ -58,6 +64,11 @@ def start(
     mqtt_port: Annotated[int | None, typer.Option(help="embedded broker port (default: a free one)")] = None,
     protocol: Annotated[Path | None, typer.Option(help="perturbation protocol file (TOML/YAML)")] = None,
     calibration: Annotated[Path | None, typer.Option(help="rig light calibration file (TOML)")] = None,
+    bench_test_calibration: Annotated[bool | None, typer.Option(
+        "--bench-test-calibration", help="bench test without an animal: let --rig external run on the "
+        "placeholder calibration")] = None,
+    subject: Annotated[str | None, typer.Option(help="the animal's id (its light ledger survives restarts)")] = None,
+    ledger_dir: Annotated[Path | None, typer.Option(help="where light ledgers are kept")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for the sim and the schedulers")] = None,
     name: Annotated[str | None, typer.Option(help="instance name (MQTT topic prefix)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with any of these settings")] = None,
@@ -79,6 +90,7 @@ def start(
     command: Annotated[str | None, typer.Option(help="command endpoint to bind")] = None,
     realtime_priority: Annotated[int | None, typer.Option(help="SCHED_FIFO priority of the loop (0: off)")] = None,
     loop_cpu: Annotated[int | None, typer.Option(help="run the hot loop on this CPU, everything else off it")] = None,
+    max_units: Annotated[int | None, typer.Option(help="most units per rig; a rig describing more is refused")] = None,
     poll_ahead_us: Annotated[int | None, typer.Option(
         help="poll for each predicted frame from this many µs before it instead of sleeping (use with --loop-cpu)")]
     = None,
@@ -90,13 +102,15 @@ def start(
     try:
         cfg = ServiceConfig.load(
             config, rig=rig, trials=trials, duration_s=duration, session_dir=session_dir, mqtt=mqtt,
-            mqtt_port=mqtt_port, protocol=protocol, calibration=calibration, seed=seed, name=name,
+            mqtt_port=mqtt_port, protocol=protocol, calibration=calibration,
+            bench_test_calibration=bench_test_calibration, seed=seed, name=name,
+            subject=subject, ledger_dir=ledger_dir,
             mu_left=mu_left, mu_right=mu_right, callosotomy=callosotomy,
             units_per_hemisphere=units_per_hemisphere, day=day, bin_ms=bin_ms, iti_s=iti_s, model=model,
             backend=backend, decoder=decoder, decoder_file=decoder_file,
             publish_estimates=publish_estimates, n_fit_trials=n_fit_trials, deadline_ms=deadline_ms,
             ingest_endpoint=ingest, command_endpoint=command, realtime_priority=realtime_priority,
-            loop_cpu=loop_cpu, poll_ahead_us=poll_ahead_us, ui=ui,
+            loop_cpu=loop_cpu, poll_ahead_us=poll_ahead_us, max_units=max_units, ui=ui,
             ui_port=ui_port, live=live)
     except ValidationError as exc:
         _fail(_validation_message(exc))
@@ -110,6 +124,7 @@ def start(
         cfg.protocol = protocols.resolve(cfg.protocol)
         if not cfg.protocol.exists():
             _fail(f"--protocol {cfg.protocol}: no such file, nor a shipped protocol ({', '.join(protocols.shipped())})")
+    _refuse_unsafe_start(cfg)
     if cfg.rig == "sim" and cfg.trials is None and cfg.duration_s is None:
         console.print("no --trials or --duration: running until Ctrl-C or `rigd stop`")
     from rig import supervisor
@@ -125,6 +140,51 @@ def start(
     console.print(f"[bold]session finished[/bold] ({final.get('stop_reason', '')})")
     console.print(render(final))
     console.print(f"session: {final['session_dir']}")
+
+
+def _refuse_unsafe_start(cfg: ServiceConfig) -> None:
+    """Before anything starts: the calibration an external rig runs on, and the protocol's check.
+
+    An external rig (a real animal) must run on its own measured calibration: the shipped
+    placeholder is refused unless ``--bench-test-calibration`` says this is a bench test (then a
+    banner here, and an alarm the session raises at start). The protocol goes through exactly
+    ``rigd protocol check`` against the calibration the interlock will enforce; a rejected one
+    stops the start with the same report, before any session directory exists.
+    """
+    from hardware.calibration import load_calibration
+
+    try:
+        cal = load_calibration(cfg.calibration)
+    except (OSError, ValueError) as exc:
+        _fail(f"calibration: {exc}", code=1)
+        return
+    placeholder = is_placeholder_calibration(cal.measured_on)
+    if cfg.rig == "external" and placeholder:
+        where = (f"--calibration {cfg.calibration}" if cfg.calibration is not None
+                 else f"no --calibration given: the shipped {DEFAULT_CALIBRATION_NAME}")
+        if not cfg.bench_test_calibration:
+            _fail(f"--rig external refuses the placeholder calibration ({where}, measured_on "
+                  f"{cal.measured_on!r}): measure each spot's power at the brain surface and pass "
+                  "--calibration FILE (format: hardware/calibration_default.toml); for a bench test "
+                  "without an animal, --bench-test-calibration", code=1)
+        err.print(f"[bold white on red] BENCH TEST: placeholder calibration ({where}); not measured on "
+                  "this rig. Not for an animal. [/bold white on red]", highlight=False)
+    import protocols
+
+    # the session's protocol, or the default it runs without --protocol (a lab calibration may not allow it)
+    file = cfg.protocol or protocols.shipped()[protocols.DEFAULT]
+    result = _check_protocol_file(file, cal.safety_limits())
+    if not result.ok:
+        err.print(result.report(), highlight=False)
+        _fail(f"protocol {file}: rejected by `rigd protocol check` (above) against the calibration "
+              f"{cfg.calibration or DEFAULT_CALIBRATION_NAME}; nothing started", code=1)
+
+
+def _check_protocol_file(file: Path, limits: SafetyLimits) -> CheckResult:
+    """``rigd protocol check``'s own check of a protocol file against the interlock limits."""
+    from controllers.protocol import check_protocol
+
+    return check_protocol(file, limits)
 
 
 def _run_async(coro: Any) -> Any:
@@ -299,12 +359,12 @@ def protocol_check(
     seed: Annotated[int, typer.Option(help="seed of the simulated mouse")] = 0,
     mu_left: Annotated[float, typer.Option(help="dry run: simulated μ_L")] = 0.6,
     mu_right: Annotated[float, typer.Option(help="dry run: simulated μ_R")] = 0.6,
-    model: Annotated[str, typer.Option(help="dry run: 'reduced' (§5.A latents, μ) or 'rnn' (§5.B network)")]
+    model: Annotated[str, typer.Option(
+        help="dry run: 'reduced' (latent model, μ; docs/simulator.md) or 'rnn' (docs/simulator-rnn.md)")]
     = "reduced",
 ) -> None:
     """Validate a protocol against the interlock limits; optionally dry-run it on the simulator."""
     import protocols
-    from controllers.protocol import check_protocol
     from hardware.calibration import load_calibration
 
     file = protocols.resolve(file)
@@ -315,7 +375,7 @@ def protocol_check(
     except (OSError, ValueError) as exc:
         _fail(f"calibration: {exc}", code=1)
         return
-    result = check_protocol(file, limits)
+    result = _check_protocol_file(file, limits)
     console.print(result.report(), highlight=False)
     if not result.ok:
         raise typer.Exit(1)
@@ -331,7 +391,7 @@ def protocol_check(
             _fail(f"--model {model!r}: expected 'reduced' or 'rnn'", code=1)
         mouse_kw: dict[str, Any] = {"model": "rnn"} if model == "rnn" else {"mu_left": mu_left, "mu_right": mu_right}
         cfg = default_config(result.protocol, **mouse_kw)
-        what = "the §5.B RNN" if model == "rnn" else f"μ = {mu_left}, {mu_right}"
+        what = "the bilateral ALM RNN" if model == "rnn" else f"μ = {mu_left}, {mu_right}"
         with Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                  TimeRemainingColumn(), console=console, transient=True) as bar:
             task = bar.add_task(f"dry run on the simulated mouse ({what})", total=dry_run)

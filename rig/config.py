@@ -29,18 +29,28 @@ class ServiceConfig(BaseModel):
     mqtt_port: int = Field(0, ge=0, le=65535, description="embedded broker port; 0 → a free port")
     protocol: Path | None = None
     calibration: Path | None = None
+    #: bench test only: let --rig external run on the placeholder calibration (banner + alarm at start)
+    bench_test_calibration: bool = False
+    #: the animal on the rig: its light ledger (energy, perturbed fraction) outlives a restart
+    subject: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,80}$", description="animal id")
+    #: where light ledgers live (default: $RIGD_STATE_DIR or ~/.local/state/rigd, under ledger/)
+    ledger_dir: Path | None = None
     seed: int = Field(0, ge=0, le=2**32 - 1)
     rig_ids: list[int] = Field(default_factory=lambda: [1])
+    #: units per rig (and raw channels) a rig may describe; a larger description is refused at the handshake
+    #: before rigd allocates anything for it (docs/wire-protocol.md, "Limits")
+    max_units: int = Field(200_000, ge=1, le=10_000_000, description="most units per rig")
     ingest_endpoint: str = "tcp://127.0.0.1:*"
     command_endpoint: str = "tcp://127.0.0.1:*"
-    #: decision budget from frame receipt to command on the wire; science.md §4.2 asks ≤ 10 ms p99
+    #: decision budget from frame receipt to command on the wire; ≤ 10 ms p99, below the
+    #: ≈ 15-ms onset of opsin-mediated silencing (docs/architecture.md, budgets)
     deadline_ms: float = Field(10.0, gt=0, le=1000)
     decoder: str = "cd"
     decoder_file: Path | None = Field(None, description="start with this fitted decoder (rigd decoder fit)")
     publish_estimates: bool = Field(False, description="send every frame's estimate back to the rig")
     decoder_mode: Literal["freeze", "adaptive"] = "adaptive"
     n_fit_trials: int = Field(20, ge=4, le=10_000, description="control trials before the first fit")
-    # simulated rig (science.md §5)
+    # simulated rig (docs/simulator.md)
     mu_left: float = Field(0.6, ge=0, le=1)
     mu_right: float = Field(0.6, ge=0, le=1)
     callosotomy: bool = False
@@ -48,7 +58,8 @@ class ServiceConfig(BaseModel):
     day: int = Field(0, ge=0, le=10_000)
     bin_ms: float = Field(1.0, gt=0, le=100)
     iti_s: float | None = Field(None, ge=0, le=60, description="sim inter-trial interval (default: sim's)")
-    #: sim model: the §5.A reduced model, the spiking network, or the §5.B trained RNN (sim/rnn.py)
+    #: sim model: the reduced model (docs/simulator.md), the spiking network, or the authors' trained RNN
+    #: (sim/rnn.py, docs/simulator-rnn.md)
     model: Literal["reduced", "spiking", "rnn"] = "reduced"
     backend: Literal["cpu", "lava"] = "cpu"
     #: SCHED_FIFO priority of the hot-loop thread and the simulated rig (0 = normal scheduling);
@@ -105,6 +116,15 @@ class ServiceConfig(BaseModel):
                 data.update(tomllib.load(f))
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(data)
+
+
+def is_placeholder_calibration(measured_on: str) -> bool:
+    """Whether a calibration's ``measured_on`` marks it as the unmeasured placeholder.
+
+    The shipped hardware/calibration_default.toml says "placeholder - measure on your rig": an
+    external rig (a real animal) refuses it unless ``bench_test_calibration`` is set.
+    """
+    return measured_on.strip().lower().startswith("placeholder")
 
 
 def runtime_dir() -> Path:

@@ -28,8 +28,9 @@ import numpy as np
 import numpy.typing as npt
 
 from rig import wire
-from rig.conditions import trial_condition
+from rig.conditions import light_delivered, trial_condition
 from rig.live_raster import ColumnRing, LiveRaster
+from rig.progress import TrialStats
 from rig.record_ring import record_at
 from rig.session import RIGD_RIG_ID
 
@@ -39,7 +40,7 @@ _DEC_T_RIG, _DEC_T_S, _DEC_VALUE, _DEC_LEFT, _DEC_RIGHT = 1, 2, 3, 5, 6
 #: Epoch names in trial order, with the trial_start field that plans each one's onset.
 _EPOCH_FIELDS = (("sample", "t_sample_ns"), ("delay", "t_delay_ns"), ("response", "t_go_ns"))
 _EPOCH_EVENTS = {"sample_on": "sample", "delay_on": "delay", "go_cue": "response"}
-#: Response epoch shown for 1.3 s after the go cue (science.md §1.1 alignment convention).
+#: Response epoch shown for 1.3 s after the go cue (the Chen et al. 2021 alignment).
 RESPONSE_SHOWN_S = 1.3
 
 
@@ -107,7 +108,8 @@ class LiveState:
         self.decoder_rows = 0
         # trials and events
         self._trials: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
-        self.outcomes: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self.stats = TrialStats()  #: outcomes per delivered condition (the terminal's own counting)
+        self.outcomes = self.stats.by_condition
         self.recent_trials: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_recent_trials)
         self.trials_done = 0
         # light
@@ -301,12 +303,11 @@ class LiveState:
         if typ == "trial":
             self.trials_done += 1
             cond = trial_condition(obj)  # the light delivered, not the plan (a refused perturbation is no light)
-            c = self.outcomes[cond]
-            c["n"] += 1
-            c[str(obj.get("outcome", "unknown"))] += 1
+            self.stats.add(obj)
             light = obj.get("light") or {}
             self.recent_trials.append({
                 "trial": obj.get("trial"), "condition": cond, "planned": obj.get("condition") or "control",
+                "delivered": cond in ("left", "right", "bilateral"),
                 "instructed": obj.get("instructed"),
                 "choice": obj.get("choice"), "outcome": obj.get("outcome"),
                 "light": light.get("status") if light else None,
@@ -315,6 +316,16 @@ class LiveState:
             if isinstance(k, int) and k in self._trials:
                 self._trials[k]["condition"] = cond
                 self._trials[k]["outcome"] = obj.get("outcome")
+        elif typ == "light_update":  # an ack after the trial's summary: recount the trial
+            self.stats.add(obj)
+            cond = str(obj.get("delivered_condition"))
+            for row in self.recent_trials:
+                if row["trial"] == obj.get("trial"):
+                    row.update(condition=cond, delivered=bool(obj.get("delivered")),
+                               light=obj.get("light_status"))
+            k = obj.get("trial")
+            if isinstance(k, int) and k in self._trials:
+                self._trials[k]["condition"] = cond
         elif typ == "telemetry":
             self.last_telemetry = {"latency_us": obj.get("latency_us", {}),
                                    "counters": obj.get("counters", {})}
@@ -337,6 +348,8 @@ class LiveState:
         """Per condition: trials, hits, errors, ignores, early licks, fraction correct of licked."""
         out: dict[str, dict[str, float | None]] = {}
         for cond, c in sorted(self.outcomes.items()):
+            if c["n"] <= 0:  # emptied by light updates
+                continue
             licked = c["hit"] + c["error"]
             out[cond] = {"n": c["n"], "hit": c["hit"], "error": c["error"], "ignore": c["ignore"],
                          "early_lick": c["early_lick"],
@@ -376,7 +389,8 @@ class LiveState:
                                        "t1": self._sec(b), "condition": tr.get("condition"),
                                        "outcome": tr.get("outcome")})
             light = [{**{k: v for k, v in b.items() if k not in ("t_on", "t_off", "duration_ns")},
-                      "t0": self._sec(b["t_on"]), "t1": self._sec(b["t_off"])}
+                      "t0": self._sec(b["t_on"]), "t1": self._sec(b["t_off"]),
+                      "delivered": light_delivered(b["status"])}
                      for b in self._light.values() if b["t_off"] >= lo_ns]
             return {
                 "t_now": self._sec(t_now) if self.t0_ns is not None else 0.0,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
+import math
 import os
 import select
 import struct
@@ -25,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -37,9 +39,12 @@ from decoders.online import OnlineDecoder
 from hardware.acquisition import ThresholdDetector
 from hardware.interlock import LightInterlock
 from rig import wire
+from rig.conditions import light_truth
 from rig.errors import Counters
 from rig.session import RIGD_RIG_ID, Recorder
+from rig.streams import MAX_GAP, RESYNC_RUN, Seq, StreamSequences, Verdict
 from rig.telemetry import LoopTelemetry
+from rig.watchdog import LoopBeat
 
 HEARTBEAT_PERIOD_NS = 100_000_000  #: rigd → rig heartbeat, 10 Hz (rig watchdog trips at 0.5 s)
 DECODER_CHUNK = 1000  #: decoder outputs recorded per DECODER_OUTPUT record
@@ -55,6 +60,12 @@ _DEC_ROW = struct.Struct(f"<{len(DECODER_FIELDS)}d")  #: one recorded decoder-ou
 _SPLIT = struct.Struct("<20sIIQqqI")
 #: poll-ahead: inter-arrival gaps longer than this (a paused rig) do not update the period
 PERIOD_MAX_NS = 50_000_000
+#: units per rig (and raw channels) above which a rig description is refused at the handshake, before
+#: anything is allocated for it (ServiceConfig.max_units, ``rigd start --max-units``)
+DEFAULT_MAX_UNITS = 200_000
+#: an earlier boot_id of a rig heard again while the current one spoke within this time: two senders
+DUPLICATE_WINDOW_NS = 5_000_000_000
+MAX_BOOTS_REMEMBERED = 8  #: earlier boot_ids remembered per rig (for the duplicate-id diagnosis)
 AlarmFn = Callable[[dict[str, Any]], None]
 
 
@@ -88,7 +99,10 @@ class RigPipeline:
     controller: Controller
     interlock: LightInterlock
     decoder: OnlineDecoder | None = None
-    last_seq: dict[int, int] = field(default_factory=dict)
+    #: per-stream sequence state (rig/streams.py); ``last_seq`` is its dict of last accepted seqs,
+    #: read and advanced in place by the fast path
+    streams: StreamSequences = field(default_factory=StreamSequences)
+    last_seq: dict[int, int] = field(init=False)
     books: dict[int, TrialBook] = field(default_factory=dict)
     last_book_trial: int = -1  #: the newest trial a book was opened for (older ones are summarised)
     sent_commands: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -100,11 +114,26 @@ class RigPipeline:
     counts_prefix: bytes = b""
     counts_dtype: np.dtype[Any] = field(default_factory=lambda: np.dtype(np.uint16))
     counts_nbytes: int = -1
+    #: the same for dtypes whose values need checking (i16/i32/u32/f32): the fast path then checks them
+    #: against ``counts_limit`` (wire.count_limit); u8/u16 frames use ``counts_prefix`` and no check
+    checked_prefix: bytes = b""
+    counts_limit: tuple[np.dtype[Any], int] | None = None
     frames: int = 0
     trials_done: int = 0
     #: poll-ahead: when this rig's last frame arrived and its running inter-arrival period (ns)
     t_last_frame_ns: int = 0
     frame_period_ns: int = 0
+    #: the rig process heard now (heartbeat "boot_id", "host", "pid"); a new boot_id is a restart
+    boot_id: int | str | None = None
+    sender: dict[str, Any] = field(default_factory=dict)
+    boot_seen_ns: int = 0  #: when a heartbeat of the current boot last came
+    boots: dict[int | str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  #: earlier boots
+    duplicates: set[frozenset[int | str]] = field(default_factory=set)  #: boot pairs already alarmed
+    #: the decoder being built on the build worker (installed between frames; None until then)
+    decoder_future: concurrent.futures.Future[OnlineDecoder] | None = None
+
+    def __post_init__(self) -> None:
+        self.last_seq = self.streams.last
 
 
 @dataclass
@@ -113,7 +142,7 @@ class PipelineFactory:
 
     tracker: Callable[[], TrialTracker]
     controller: Callable[[int], Controller]
-    interlock: Callable[[Callable[[bytes], None], AlarmFn], LightInterlock]
+    interlock: Callable[[int, Callable[[bytes], None], AlarmFn], LightInterlock]  #: (rig_id, send, on_alarm)
     decoder: Callable[[dict[str, Any]], OnlineDecoder]
 
 
@@ -142,6 +171,11 @@ class HotLoop:
             process the frame): the frame is picked up without a thread wake-up, and the loop's
             code is still warm when it comes. A window as long as the frame period means the loop
             never sleeps: the lowest latency, for one whole CPU (meant for loop_cpu).
+        beat: where the loop proves it is alive (10 Hz) to the watchdog process (rig/watchdog.py).
+
+    Threads: the loop thread owns every pipeline, interlock and decoder. Other threads read only
+    :attr:`published`, an immutable per-rig snapshot (description, decoder and interlock status)
+    the loop replaces whole a few times a second; they never iterate :attr:`pipelines`.
     """
 
     def __init__(
@@ -162,6 +196,7 @@ class HotLoop:
         realtime_priority: int = 0,
         loop_cpu: int | None = None,
         poll_ahead_us: int = 0,
+        beat: LoopBeat | None = None,
     ) -> None:
         if context is None:
             # the hot loop's own context: its I/O thread moves the frames, so under SCHED_FIFO it is
@@ -223,6 +258,24 @@ class HotLoop:
         self._fifo = False
         self._polling = False  #: poll-ahead: polling (at normal priority) for a predicted frame
         self.thread: threading.Thread | None = None
+        self.beat = beat
+        self.safety_endpoint: str | None = None  #: the watchdog's endpoint, announced in heartbeats
+        #: rig id → {"description", "decoder", "interlock"}, replaced whole by the loop thread
+        self.published: MappingProxyType[int, MappingProxyType[str, Any]] = MappingProxyType({})
+        self._n_hb = 0
+        # fault injection for tests of the watchdog (docs/safety.md): "FRAMES:SECONDS" stalls the loop
+        # thread once, for SECONDS, after FRAMES frames
+        stall = os.environ.get("RIGD_FAULT_LOOP_STALL", "")
+        self._stall_after, self._stall_s = (int(stall.split(":")[0]), float(stall.split(":")[1])) \
+            if stall else (-1, 0.0)
+        # wire robustness (issue 20, helper B): the handshake's unit limit (the supervisor sets it from
+        # ServiceConfig.max_units), the worker that builds decoders off this thread, and the unit counts
+        # already alarmed per refused rig (one alarm per distinct value, not one per heartbeat)
+        self.max_units = DEFAULT_MAX_UNITS
+        self._build_pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="rigd-build", initializer=_use_cpus,
+            initargs=(set() if loop_cpu is None else os.sched_getaffinity(0) - {loop_cpu},))
+        self._units_refused: dict[int, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -236,11 +289,16 @@ class HotLoop:
         self._all_off_requested = True
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the loop: light off, last records handed to the recorder, sockets closed."""
+        """Stop the loop: light off, last records handed to the recorder, sockets closed.
+
+        Waits at most ``timeout_s`` for the loop thread; a decoder fit still running is abandoned
+        (its thread is a daemon), never waited for.
+        """
         self._stop.set()
         if self.thread is not None:
             self.thread.join(timeout_s)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._build_pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self) -> None:
         """The loop itself (blocks)."""
@@ -254,6 +312,7 @@ class HotLoop:
         gc.set_threshold(50_000, 50, 100)
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
+        self._hb_payload = self.heartbeat_payload()  # with the watchdog's endpoint, set before start
         next_hb = 0
         sub = self.sub
         ahead = self.poll_ahead_ns
@@ -266,8 +325,15 @@ class HotLoop:
                 if now >= next_hb:
                     next_hb = now + HEARTBEAT_PERIOD_NS
                     try:
-                        self._heartbeat(now)
+                        # the interlocks' watchdogs first: a loop that was stalled past watchdog_s
+                        # trips them (ALL_OFF + alarm) before its heartbeat re-arms them
                         self._housekeeping(now)
+                        self._heartbeat(now)
+                        if self.beat is not None:
+                            self.beat.beat(now)
+                        if self.frames >= self._stall_after >= 0:
+                            self._stall_after = -1
+                            time.sleep(self._stall_s)
                     except Exception as exc:
                         self._internal_error(exc)
                 if ahead:
@@ -296,6 +362,9 @@ class HotLoop:
                         break
         finally:
             self._all_off("session end", time.monotonic_ns())
+            self._publish_status()
+            if self.beat is not None:
+                self.beat.stopped()
             self._flush_decoder_outputs()
             self.sub.close()
             self.pub.close()
@@ -344,7 +413,7 @@ class HotLoop:
 
     def _internal_error(self, exc: Exception) -> None:
         self.counters.error("loop", "internal", f"{type(exc).__name__}: {exc}")
-        n = self.counters.values["errors.loop.internal"]
+        n = self.counters.get("errors.loop.internal")
         if n <= 5 or n % 1000 == 0:  # alarm, but do not flood
             self._alarm({"source": "rigd", "message": f"internal error #{n} while processing a message: "
                          f"{type(exc).__name__}: {exc}"})
@@ -354,21 +423,52 @@ class HotLoop:
             p.interlock.all_off(reason, now_ns=now)
 
     def _housekeeping(self, now: int) -> None:
-        """Every heartbeat period: the interlocks' watchdogs, finished decoder refits."""
+        """Every heartbeat period: the interlocks' watchdogs, finished decoder refits, the snapshot.
+
+        The snapshot other threads read is refreshed at 2 Hz and whenever a rig joined.
+        """
         for p in self.pipelines.values():
             p.interlock.check_watchdog(now)
             self._maybe_swap_decoder(p)
+        self._n_hb += 1
+        if self._n_hb % 5 == 1 or len(self.published) != len(self.pipelines):
+            self._publish_status()
 
-    # -- status (read from other threads: values may be a frame old) --------------------------
+    def _publish_status(self) -> None:
+        """Replace :attr:`published` with a fresh snapshot (loop thread only)."""
+        self.published = MappingProxyType({r: MappingProxyType({
+            "description": p.description,
+            "decoder": p.decoder.status() if p.decoder is not None else {"ready": False},
+            "interlock": dict(p.interlock.publish())}) for r, p in self.pipelines.items()})
+
+    # -- status (any thread: read the loop's last snapshot, at most ~0.5 s old) ---------------
 
     def decoder_status(self) -> dict[str, Any]:
         """Per rig: the serving decoder's status."""
-        return {str(r): (p.decoder.status() if p.decoder is not None else {"ready": False})
-                for r, p in self.pipelines.items()}
+        return {str(r): v["decoder"] for r, v in self.published.items()}
 
     def interlock_status(self) -> dict[str, Any]:
         """Per rig: limits, energy used, refusals."""
-        return {str(r): p.interlock.status() for r, p in self.pipelines.items()}
+        return {str(r): v["interlock"] for r, v in self.published.items()}
+
+    def rig_descriptions(self) -> dict[str, Any]:
+        """Per rig: the description its last heartbeat carried."""
+        return {str(r): v["description"] for r, v in self.published.items()}
+
+    def heartbeat_payload(self) -> bytes:
+        """The payload of rigd's heartbeat: the rigs it holds a description of, the safety endpoint.
+
+        A rig's handshake waits for its id in ``rigs`` (and its ``boot_id`` in ``boot_ids``, where it
+        sends one); ``safety`` is where the loop watchdog sends
+        its ALL_OFF (rig clients connect their command socket to it too).
+        """
+        body: dict[str, Any] = {"rigs": sorted(self.pipelines)}
+        boots = {str(r): p.boot_id for r, p in sorted(self.pipelines.items()) if p.boot_id is not None}
+        if boots:  # the process rigd follows for each rig: a restarted rig waits for its new boot_id
+            body["boot_ids"] = boots
+        if self.safety_endpoint:
+            body["safety"] = self.safety_endpoint
+        return wire.json_bytes(body)
 
     # -- outgoing -----------------------------------------------------------------------------
 
@@ -396,10 +496,11 @@ class HotLoop:
                 "power_mw_per_spot": round(cmd.power_mw_per_spot, 6),
                 "duration_s": round(cmd.duration_s, 6), "ramp_down_s": round(cmd.ramp_down_s, 6),
                 "waveform": cmd.waveform.name.lower(), "freq_hz": cmd.freq_hz,
-                "onset_t_s": pl.tracker.state.t_s, "status": "sent"}
+                "onset_t_s": pl.tracker.state.t_s, "trial": cmd.trial, "status": "sent"}
         book = pl.books.get(cmd.trial)
         if book is not None and cmd.action == wire.LightAction.START:
             book.light = info
+        # kept until the rig acknowledges (or a few trials later: see _finish_trial); "sent" until then
         pl.sent_commands[cmd.command_id] = info
 
     def _alarm(self, alarm: dict[str, Any]) -> None:
@@ -435,6 +536,15 @@ class HotLoop:
                 self.recorder.put(fh, fp, t_recv)
                 self._on_counts(pl, seq, t_rig, t_send, np.frombuffer(fp, dtype=pl.counts_dtype), t_recv)
                 return
+            # the same for a dtype whose values may break the rules (i16/i32/u32/f32): one check more
+            if (pl is not None and prefix == pl.checked_prefix and nbytes == pl.counts_nbytes
+                    and len(fp) == nbytes and pl.last_seq.get(stream_id, -2) == seq - 1):
+                pl.last_seq[stream_id] = seq
+                counts = np.frombuffer(fp, dtype=pl.counts_dtype)
+                if self._counts_ok(pl, seq, counts):
+                    self.recorder.put(fh, fp, t_recv)
+                    self._on_counts(pl, seq, t_rig, t_send, counts, t_recv)
+                return
         hbuf = fh.buffer
         pbuf = fp.buffer
         try:
@@ -449,22 +559,29 @@ class HotLoop:
                                 f"expected one of {sorted(self.rig_ids)}", rig_id=h.rig_id)
             return
         pl = self.pipelines.get(h.rig_id)
-        # sequence numbers per (rig, stream): duplicates and out-of-order are dropped, gaps counted
-        if pl is not None:
-            last = pl.last_seq.get(h.stream_id)
-            if last is not None:
-                if h.seq == last:
-                    self.counters.error("ingest", "duplicate_seq",
-                                        f"rig {h.rig_id} stream {h.stream_id}: seq {h.seq} received twice")
-                    return
-                if h.seq < last:
-                    self.counters.error("ingest", "out_of_order_seq",
-                                        f"rig {h.rig_id} stream {h.stream_id}: seq {h.seq} after {last}")
-                    return
-                if h.seq > last + 1:
-                    self.counters.inc("ingest.missing_seq", h.seq - last - 1)
-            pl.last_seq[h.stream_id] = h.seq
         kind = h.kind
+        desc: dict[str, Any] | None = None
+        if kind == wire.Kind.HEARTBEAT and pl is not None:
+            # a heartbeat names the rig process (boot_id): a restart resets the rig's sequence state, so
+            # it is judged before its own seq (a restarted rig counts from 0 again)
+            try:
+                desc = wire.payload_json(h, pbuf)
+            except wire.WireError:
+                desc = None  # counted below, by _on_heartbeat
+            if desc is not None and not self._check_boot(pl, desc, t_recv):
+                return
+        # sequence numbers per (rig, stream), rig/streams.py: gaps counted; duplicates, older seqs and far
+        # jumps dropped; a run of off-sequence messages resynchronises the stream, with an alarm
+        if pl is not None:
+            v = pl.streams.check(h.stream_id, h.seq)
+            if v.seq is not Seq.ACCEPT:
+                if v.seq is not Seq.RESYNC:
+                    self.counters.error("ingest", v.seq.value, _seq_message(h.rig_id, h.stream_id, h.seq, v),
+                                        rig_id=h.rig_id)
+                    return
+                self._resynchronised(pl, h.stream_id, v, t_recv)
+            elif v.missing:
+                self.counters.inc("ingest.missing_seq", v.missing)
         if kind == wire.Kind.SPIKE_COUNTS:
             if pl is None:
                 self.counters.error("ingest", "undescribed_rig", f"rig {h.rig_id} sent counts before any "
@@ -474,9 +591,16 @@ class HotLoop:
                 self.counters.error("ingest", "shape", f"SPIKE_COUNTS from rig {h.rig_id}: expected shape "
                                     f"({pl.n_units},), got {h.shape}")
                 return
-            self.recorder.put(hbuf, pbuf, t_recv)
             counts = wire.payload_array(h, pbuf)
-            pl.counts_prefix, pl.counts_dtype, pl.counts_nbytes = bytes(hbuf[:20]), counts.dtype, h.payload_nbytes
+            limit = wire.count_limit(h.dtype)
+            pl.counts_dtype, pl.counts_nbytes, pl.counts_limit = counts.dtype, h.payload_nbytes, limit
+            if limit is None:
+                pl.counts_prefix, pl.checked_prefix = bytes(hbuf[:20]), b""
+            else:
+                pl.counts_prefix, pl.checked_prefix = b"", bytes(hbuf[:20])
+                if not self._counts_ok(pl, h.seq, counts):
+                    return
+            self.recorder.put(hbuf, pbuf, t_recv)
             self._on_counts(pl, h.seq, h.t_rig_ns, h.t_send_ns, counts, t_recv)
         elif kind == wire.Kind.TRIAL_EVENT:
             try:
@@ -505,7 +629,7 @@ class HotLoop:
             if pl is not None:
                 self._on_ack(pl, ack)
         elif kind == wire.Kind.HEARTBEAT:
-            self._on_heartbeat(pl, h, hbuf, pbuf, t_recv)
+            self._on_heartbeat(pl, h, hbuf, pbuf, t_recv, desc)
         elif kind == wire.Kind.RAW_SAMPLES and pl is not None and pl.detector is not None:
             if len(h.shape) != 2 or h.shape[1] != pl.detector.n_channels:
                 self.counters.error("ingest", "shape", f"RAW_SAMPLES from rig {h.rig_id}: expected shape "
@@ -521,14 +645,14 @@ class HotLoop:
                                 "SPIKE_EVENTS, RAW_SAMPLES, TRIAL_EVENT, LIGHT_ACK or HEARTBEAT")
 
     def _on_heartbeat(self, pl: RigPipeline | None, h: wire.Header, hbuf: memoryview, pbuf: memoryview,
-                      t_recv: int) -> None:
+                      t_recv: int, desc: dict[str, Any] | None = None) -> None:
+        """A rig's heartbeat: its description, validated before anything is built or resized for it."""
         try:
-            desc = wire.payload_json(h, pbuf)
-            n_units = int(desc.get("n_units", -1))
-            if n_units < 0:
-                raise wire.WireError("heartbeat", "rig heartbeat must describe 'n_units' (int ≥ 0)")
-        except (wire.WireError, TypeError, ValueError) as exc:
-            self.counters.error("heartbeat", getattr(exc, "reason", "heartbeat"), str(exc))
+            if desc is None:
+                desc = wire.payload_json(h, pbuf)
+            n_units = self._validate_description(h.rig_id, desc, known=pl is not None)
+        except wire.WireError as exc:
+            self.counters.error("heartbeat", exc.reason, str(exc), rig_id=h.rig_id)
             return
         if pl is None or pl.description != desc:
             self.recorder.put(hbuf, pbuf, t_recv)
@@ -538,42 +662,215 @@ class HotLoop:
             self._alarm({"source": "rig", "rig_id": h.rig_id, "message": f"rig {h.rig_id}: {rig_alarm}"})
         if pl is None:
             pl = self._new_pipeline(h.rig_id, desc, n_units, t_recv)
-            pl.last_seq[h.stream_id] = h.seq
+            pl.streams.check(h.stream_id, h.seq)
         elif pl.n_units != n_units:
             pl.n_units = n_units
-            pl.counts_prefix = b""  # frames are validated afresh against the new description
-            pl.decoder = self._new_decoder(pl.rig_id, desc)
+            pl.counts_prefix = pl.checked_prefix = b""  # frames are validated afresh against the new description
+            pl.decoder = None  # sized for the old units: frames run without a decoder until the new one is in
+            self._new_decoder(pl, desc)
+        elif pl.decoder is None:
+            self._install_decoder(pl)
         pl.description, pl.last_heartbeat_ns = desc, t_recv
 
+    def _validate_description(self, rig_id: int, desc: dict[str, Any], *, known: bool) -> int:
+        """The description's ``n_units``, once every field rigd sizes memory by is valid; WireError if not.
+
+        ``n_units`` (and ``raw_channels``) above :attr:`max_units` are refused with an alarm (once per
+        distinct value): nothing is allocated, and a rig refused at its first description is not listed
+        in rigd's heartbeat, so its handshake fails.
+        """
+        n_units = _whole(desc.get("n_units"))
+        if n_units is None or n_units < 0:
+            raise wire.WireError("heartbeat", f"rig {rig_id} heartbeat must describe 'n_units' (int ≥ 0), "
+                                 f"got {desc.get('n_units')!r}")
+        raw = desc.get("raw_channels")
+        raw_n = _whole(raw) if raw is not None else 0
+        if raw_n is None or raw_n < 0:
+            raise wire.WireError("heartbeat", f"rig {rig_id}: 'raw_channels' must be an int ≥ 0, got {raw!r}")
+        if max(n_units, raw_n) > self.max_units:
+            what = f"n_units={n_units}" if n_units > self.max_units else f"raw_channels={raw_n}"
+            msg = (f"rig {rig_id} describes {what}, above rigd's maximum of {self.max_units} units per rig "
+                   f"(rigd start --max-units): refused, nothing allocated; "
+                   + ("rigd keeps its earlier description" if known else "the rig is not listed in rigd's heartbeat"))
+            if self._units_refused.get(rig_id) != max(n_units, raw_n):
+                self._units_refused[rig_id] = max(n_units, raw_n)
+                self._alarm({"source": "ingest", "rig_id": rig_id, "message": msg})
+            raise wire.WireError("n_units", msg)
+        if raw_n:
+            th, rate = desc.get("threshold_sd", -4.5), desc.get("sample_rate_hz", 30_000)
+            if not _number(th) or th >= 0:
+                raise wire.WireError("heartbeat", f"rig {rig_id}: 'threshold_sd' must be a negative number, "
+                                     f"got {th!r}")
+            if not _number(rate) or not 1 <= rate <= 1e7:
+                raise wire.WireError("heartbeat", f"rig {rig_id}: 'sample_rate_hz' must be a number in "
+                                     f"[1, 1e7], got {rate!r}")
+        boot = desc.get("boot_id")
+        if boot is not None and not _boot_id_ok(boot):
+            raise wire.WireError("boot_id", f"rig {rig_id}: 'boot_id' must be an int or a short string, "
+                                 f"got {boot!r}")
+        return n_units
+
+    def _check_boot(self, pl: RigPipeline, desc: dict[str, Any], t_recv: int) -> bool:
+        """Whether a known rig's heartbeat is kept: False drops it (a second sender claiming the id).
+
+        Same boot_id as the process rigd follows: kept. A new one: the rig restarted. An earlier one
+        heard again while the current one is alive: two senders (alarm once per pair).
+        """
+        boot = desc.get("boot_id")
+        if boot is None or not _boot_id_ok(boot):
+            return True  # a rig without boot ids (or a malformed one: counted by _on_heartbeat)
+        if boot == pl.boot_id:
+            pl.boot_seen_ns = t_recv
+            return True
+        sender = _sender(desc)
+        if pl.boot_id is None:  # the first heartbeat of this rig that names its process
+            pl.boot_id, pl.sender, pl.boot_seen_ns = boot, sender, t_recv
+            self._announce_rigs(t_recv)
+            return True
+        if boot in pl.boots and t_recv - pl.boot_seen_ns < DUPLICATE_WINDOW_NS:
+            # an earlier process of this rig speaks again while the current one is alive: two senders
+            pair = frozenset((boot, pl.boot_id))
+            if pair in pl.duplicates:  # settled: the one rigd follows keeps the id, the other is dropped
+                pl.boots[boot] = (t_recv, sender)
+                self.counters.error("ingest", "duplicate_rig", f"rig {pl.rig_id}: heartbeat from {_who(sender)} "
+                                    f"while {_who(pl.sender)} holds this rig id: dropped", rig_id=pl.rig_id)
+                return False
+            # first seen: the earlier holder (the returning one) keeps the id; the newcomer, taken for a
+            # restart a moment ago, is the second sender
+            pl.duplicates.add(pair)
+            newcomer = pl.sender
+            del pl.boots[boot]
+            pl.boots[newcomer["boot_id"]] = (pl.boot_seen_ns, newcomer)
+            pl.boot_id, pl.sender, pl.boot_seen_ns = boot, sender, t_recv
+            pl.streams.reset()  # the newcomer's sequence numbers are not the holder's
+            self.counters.inc("rigs.duplicate_ids")
+            self._alarm({"source": "rig", "rig_id": pl.rig_id, "senders": [sender, newcomer],
+                         "message": f"rig {pl.rig_id} is claimed by two senders: {_who(sender)} and "
+                                    f"{_who(newcomer)}; rigd follows the first, boot_id {boot}, and drops "
+                                    "the other's heartbeats (its frames cannot be told apart): give each rig "
+                                    "its own id"})
+            self.recorder.log({"type": "rig", "event": "duplicate_id", "rig_id": pl.rig_id,
+                               "senders": [sender, newcomer]}, t_recv)
+            self._announce_rigs(t_recv)
+            return True
+        self._restarted(pl, boot, sender, t_recv)
+        return True
+
+    def _restarted(self, pl: RigPipeline, boot: int | str, sender: dict[str, Any], t_recv: int) -> None:
+        """The rig's process changed (a new boot_id): its streams and trials start afresh.
+
+        Its interlock (energy, perturbed fraction), controller and decoder carry on.
+        """
+        old = pl.boot_id
+        if old is not None:
+            pl.boots[old] = (pl.boot_seen_ns, pl.sender)
+        pl.boots.pop(boot, None)
+        while len(pl.boots) > MAX_BOOTS_REMEMBERED:
+            del pl.boots[next(iter(pl.boots))]
+        pl.boot_id, pl.sender, pl.boot_seen_ns = boot, sender, t_recv
+        pl.streams.reset()  # the new process counts every stream from its own start
+        for trial in sorted(pl.books):  # the old process's open trials never get their end
+            self._finish_trial(pl, trial)
+        pl.last_book_trial = -1  # the new process may number its trials from 0 again
+        pl.tracker = self.parts.tracker()
+        self.counters.inc("rigs.restarts")
+        self._alarm({"source": "rig", "severity": "warning", "rig_id": pl.rig_id,
+                     "message": f"rig {pl.rig_id} restarted (boot_id {old} → {boot})"})
+        self.recorder.log({"type": "rig", "event": "restarted", "rig_id": pl.rig_id, "boot_id_before": old,
+                           "boot_id": boot, "sender": sender}, t_recv)
+        self._announce_rigs(t_recv)  # the new process's handshake ends when it sees its boot_id listed
+
+    def _resynchronised(self, pl: RigPipeline, stream: int, v: Verdict, t_recv: int) -> None:
+        """A run of off-sequence messages took over a stream (rig/streams.py): say so."""
+        self.counters.inc("ingest.resyncs")
+        n = self.counters.get("ingest.resyncs")
+        msg = (f"rig {pl.rig_id} stream {stream} resynchronised at seq {v.run_start} after {v.off} "
+               "off-sequence messages: restarted or a stray sender?")
+        if n <= 10 or n % 100 == 0:  # alarm, but do not flood (a second sender without boot ids)
+            self._alarm({"source": "ingest", "severity": "warning", "rig_id": pl.rig_id, "message": msg})
+        self.recorder.log({"type": "rig", "event": "resync", "rig_id": pl.rig_id, "stream_id": stream,
+                           "seq": v.run_start, "last_seq_before": v.last, "off_sequence": v.off}, t_recv)
+
+    def _counts_ok(self, pl: RigPipeline, seq: int, counts: np.ndarray[Any, Any]) -> bool:
+        """Whether a frame's counts obey the value rules (finite, 0 … wire.MAX_COUNT); if not, counted.
+
+        u8/u16 frames never come here; for the other dtypes it is one integer reduction (wire.counts_valid).
+        """
+        limit = pl.counts_limit
+        if limit is None or wire.counts_valid(counts, limit):
+            return True
+        bad = wire.bad_count(counts)
+        if bad is None:  # only a -0.0 tripped the one-reduction check
+            return True
+        self.counters.error("ingest", "counts_value", f"rig {pl.rig_id} frame seq {seq}: unit {bad[0]} is "
+                            f"{bad[1]}; expected finite counts in [0, {wire.MAX_COUNT}]", rig_id=pl.rig_id)
+        return False
+
     def _new_pipeline(self, rig_id: int, desc: dict[str, Any], n_units: int, now: int) -> RigPipeline:
-        """A configured rig described itself: build its closed loop."""
+        """A configured rig described itself (validated): build its closed loop (the decoder off this thread)."""
         holder: list[RigPipeline] = []
-        interlock = self.parts.interlock(lambda payload: self._send_light(holder[0], payload), self._alarm)
+        interlock = self.parts.interlock(rig_id, lambda payload: self._send_light(holder[0], payload), self._alarm)
         pl = RigPipeline(rig_id, desc, n_units, now, self.parts.tracker(), self.parts.controller(rig_id),
                          interlock)
         holder.append(pl)
-        raw = desc.get("raw_channels")
-        if isinstance(raw, int) and raw > 0:
+        raw = _whole(desc.get("raw_channels"))
+        if raw:  # validated: ≤ max_units, negative threshold, sane sample rate
             pl.detector = ThresholdDetector(raw, float(desc.get("threshold_sd", -4.5)),
                                             int(float(desc.get("sample_rate_hz", 30_000))))
+        boot = desc.get("boot_id")
+        if boot is not None:
+            pl.boot_id, pl.sender, pl.boot_seen_ns = boot, _sender(desc), now
         interlock.heartbeat(now)
-        pl.decoder = self._new_decoder(rig_id, desc)
+        self._new_decoder(pl, desc)
         self.pipelines[rig_id] = pl
         self.recorder.log({"type": "rig", "event": "connected", "rig_id": rig_id, "description": desc}, now)
-        # tell the rig at once that rigd has heard it: its handshake ends on this heartbeat, not 100 ms later
-        self._hb_payload = wire.json_bytes({"rigs": sorted(self.pipelines)})
-        self._heartbeat(now)
+        self._announce_rigs(now)
         return pl
 
-    def _new_decoder(self, rig_id: int, desc: dict[str, Any]) -> OnlineDecoder | None:
-        try:
-            dec = self.parts.decoder(desc)
-        except Exception as exc:  # e.g. MemoryError for an absurd unit count: run without a decoder
-            self._alarm({"source": "decoder", "severity": "error", "rig_id": rig_id,
-                         "message": f"cannot build a decoder for rig {rig_id} ({desc}): {exc}"})
+    def _announce_rigs(self, now: int) -> None:
+        """Send rigd's heartbeat now, with the rigs it holds and the process it follows for each.
+
+        Rigs that name their process get its ``boot_id`` listed (``"boot_ids": {"1": …}``): a rig's
+        handshake, first or after a restart, ends on this heartbeat, not up to 100 ms later.
+        """
+        self._hb_payload = self.heartbeat_payload()
+        self._heartbeat(now)
+
+    def _new_decoder(self, pl: RigPipeline, desc: dict[str, Any]) -> None:
+        """Start building ``pl``'s decoder on the build worker (never on this thread).
+
+        Its memory is allocated there, and only for a validated description. Frames until it is
+        installed (between frames, by :meth:`_install_decoder`) run without a decoder (counted
+        ``frames.without_decoder``).
+        """
+        if pl.decoder_future is not None:
+            pl.decoder_future.cancel()  # a build for an older description, if it has not started
+        pl.decoder_future = self._build_pool.submit(self.parts.decoder, desc)
+
+    def _install_decoder(self, pl: RigPipeline) -> OnlineDecoder | None:
+        """Install ``pl``'s decoder if its build has finished (loop thread, between frames)."""
+        fut = pl.decoder_future
+        if fut is None or not fut.done():
             return None
-        self.recorder.log({"type": "decoder", "event": "created", "rig_id": rig_id, "status": dec.status()},
+        pl.decoder_future = None
+        try:
+            dec = fut.result()
+        except Exception as exc:  # e.g. MemoryError, or a description field the decoder cannot use
+            self.counters.inc("decoder.build_errors")
+            self._alarm({"source": "decoder", "severity": "error", "rig_id": pl.rig_id,
+                         "message": f"cannot build a decoder for rig {pl.rig_id} ({pl.n_units} units): "
+                                    f"{type(exc).__name__}: {exc}; it runs without one"})
+            return None
+        pl.decoder = dec
+        self.recorder.log({"type": "decoder", "event": "created", "rig_id": pl.rig_id, "status": dec.status()},
                           time.monotonic_ns())
+        return dec
+
+    def _frame_without_decoder(self, pl: RigPipeline) -> OnlineDecoder | None:
+        """A frame found no decoder: install one that is ready, else count the frame."""
+        dec = self._install_decoder(pl)
+        if dec is None:
+            self.counters.inc("frames.without_decoder")
         return dec
 
     def _on_counts(self, pl: RigPipeline, seq: int, t_rig_ns: int, t_send_ns: int, counts: np.ndarray[Any, Any],
@@ -587,6 +884,8 @@ class HotLoop:
         t_parsed = time.monotonic_ns()
         state = pl.tracker.on_frame(t_rig_ns)
         dec = pl.decoder
+        if dec is None:
+            dec = self._frame_without_decoder(pl)
         est = dec.step(counts, seq, state.t_s) if dec is not None else self._no_estimate
         t_decoded = time.monotonic_ns()
         req = pl.controller.step(state, est, t_rig_ns)
@@ -647,8 +946,16 @@ class HotLoop:
         sent = pl.sent_commands.get(ack.command_id)
         if sent is not None:
             sent["status"] = ack.status.name.lower()
-            if ack.t_light_change_rig_ns:
-                sent["t_light_change_rig_ns"] = ack.t_light_change_rig_ns
+            if ack.status == wire.AckStatus.APPLIED and ack.t_light_change_rig_ns:
+                sent["t_light_change_rig_ns"] = ack.t_light_change_rig_ns  # the measured onset
+            if "planned_condition" in sent:  # its trial's summary is already written: say what changed
+                self.counters.inc("acks.after_trial_summary")
+                update = {"type": "light_update", "rig_id": pl.rig_id, "trial": sent.get("trial"),
+                          "command_id": ack.command_id, "light": dict(sent),
+                          **light_truth(sent["planned_condition"], sent)}
+                self.recorder.log(update, time.monotonic_ns())
+                if self._on_trial is not None:
+                    self._on_trial(update)
         if ack.status == wire.AckStatus.LATE:
             self.counters.inc("late_at_rig")
         elif ack.status == wire.AckStatus.WATCHDOG_OFF:
@@ -670,7 +977,7 @@ class HotLoop:
             pl.tracker.on_event(ev, t_rig_ns)
             if pl.decoder is not None:
                 pl.decoder.on_trial_start(trial)
-            pl.interlock.on_trial_start(trial)
+            pl.interlock.on_trial_start(trial, time.monotonic_ns())
             return
         if name == "trial_end":
             if trial not in pl.books:  # every earlier event of the trial was lost: it still counts as a trial
@@ -721,19 +1028,26 @@ class HotLoop:
         if pl.decoder is not None and pl.decoder.on_trial_end(trial, book.choice, book.instructed, correct, usable):
             self._submit_refit(pl)
         condition = decision.get("condition") or (book.light.get("hemisphere") if perturbed else "control")
+        # planned vs delivered: one rule for every reader (rig/conditions.py); light counts only once
+        # the rig acknowledged it APPLIED (an ack after this summary comes as a "light_update" record)
+        truth = light_truth(condition, book.light or None)
         summary: dict[str, Any] = {
             "type": "trial", "rig_id": pl.rig_id, "trial": trial,
             "instructed": {1: "right", -1: "left"}.get(book.instructed),
             "outcome": book.outcome or "unknown",
             "choice": {1: "right", -1: "left"}.get(book.choice),
             "correct": correct, "early_lick": book.early_lick, "reaction_time_s": book.reaction_time_s,
-            "condition": condition, "light": book.light or None, "refused": book.refused,
+            "condition": condition, "light": dict(book.light) if book.light else None, "refused": book.refused,
             "late_decisions": book.late_decisions, "decision": decision,
             "cd_end_delay_left": _finite(book.cd_end_delay[0]),
             "cd_end_delay_right": _finite(book.cd_end_delay[1]),
-            "t_start_rig_ns": book.t_start_rig_ns, "start_inferred": book.start_inferred,
+            "t_start_rig_ns": book.t_start_rig_ns, "start_inferred": book.start_inferred, **truth,
         }
         self.recorder.log(summary, time.monotonic_ns())
+        if book.light:  # a later ack of this command updates the counts (see _on_ack)
+            book.light["planned_condition"] = truth["planned_condition"]
+        for cid in [c for c, info in pl.sent_commands.items() if int(info.get("trial", trial)) < trial - 2]:
+            del pl.sent_commands[cid]  # acks this late are joined from the recording only
         pl.trials_done += 1
         if self._on_trial is not None:
             self._on_trial(summary)
@@ -797,6 +1111,47 @@ def _try_realtime(priority: int) -> str:
     except (AttributeError, PermissionError, OSError) as exc:
         return f"not available ({type(exc).__name__}: {exc})"
     return f"SCHED_FIFO {priority}"
+
+
+def _whole(x: Any) -> int | None:
+    """A JSON whole number (an int, or a float with no fraction), else None."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float) and math.isfinite(x) and x.is_integer():
+        return int(x)
+    return None
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _boot_id_ok(boot: Any) -> bool:
+    return (isinstance(boot, int) and not isinstance(boot, bool)) or (isinstance(boot, str) and 0 < len(boot) <= 200)
+
+
+def _sender(desc: dict[str, Any]) -> dict[str, Any]:
+    """Who sent a rig heartbeat: its boot_id, host and pid (as far as it says)."""
+    pid = desc.get("pid")
+    return {"boot_id": desc.get("boot_id"), "host": str(desc.get("host", "?"))[:200],
+            "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else None}
+
+
+def _who(sender: dict[str, Any]) -> str:
+    return f"boot_id {sender.get('boot_id')} (host {sender.get('host')}, pid {sender.get('pid')})"
+
+
+def _seq_message(rig_id: int, stream: int, seq: int, v: Verdict) -> str:
+    """The error detail of a dropped off-sequence message."""
+    where = f"rig {rig_id} stream {stream}"
+    if v.seq is Seq.DUPLICATE:
+        return f"{where}: seq {seq} received twice"
+    then = f"dropped ({RESYNC_RUN} consecutive in a run resynchronise the stream)"
+    if v.seq is Seq.OLD:
+        return f"{where}: seq {seq} after {v.last}: {then}"
+    return f"{where}: seq {seq} jumps more than {MAX_GAP} past {v.last}: {then}"
 
 
 def _finite(x: float) -> float | None:

@@ -1,10 +1,12 @@
 """NWB export of a recorded session (pynwb).
 
 It owns the mapping from a rigd session directory to an NWB file: binned spike counts (with each
-unit's hemisphere), the trials table with the delay-task and photostimulation fields, one
-optogenetic stimulus site per illuminated hemisphere with the commanded time-averaged power as an
-OptogeneticSeries, the decoder outputs, alarms, and the protocol text and hash. Times are seconds
-on the rig clock from the session's first frame. It reads the session; it never changes it.
+unit's hemisphere), the trials table with the delay-task fields and the planned and delivered
+light of each trial, one optogenetic stimulus site per illuminated hemisphere with the delivered
+time-averaged power as an OptogeneticSeries (only light the rig acknowledged APPLIED, at the onset
+it measured: the rule of rig/conditions.py), the decoder outputs, alarms, and the protocol text
+and hash. Times are seconds on the rig clock from the session's first frame. It reads the
+session; it never changes it.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from pynwb.misc import AnnotationSeries
 from pynwb.ogen import OptogeneticSeries
 
 from rig import wire
+from rig.conditions import join_recorded_acks, last_acks, light_delivered
 from rig.session import Session
 
-#: Stereotaxic coordinates of ALM (mm from bregma), science.md §3.1 [V] MAH20/MAP
+#: Stereotaxic coordinates of ALM (mm from bregma): Mahrach et al., eLife 9:e49967 (2020)
 ALM_AP_MM = 2.5
 ALM_ML_MM = 1.5
 
@@ -98,25 +101,38 @@ def export_session(session_dir: Path | str, output: Path | None = None) -> Path:
         units.add_row(hemisphere="left" if i < n_left else "right", fast_spiking=i in fs)
     ecephys.add(units)
 
-    # trials
+    # trials: planned and delivered light (rig/conditions.py), acks recorded after a summary joined in
     events = s.events()
     starts = {e["trial"]: e for e in events if e["event"] == "trial_start"}
     ends = {e["trial"]: e["t_rig_ns"] for e in events if e["event"] == "trial_end"}
+    go = {k: int(e.get("t_go_ns", e["t_rig_ns"])) for k, e in starts.items()}
+    for e in events:
+        if e["event"] == "go_cue" and e["trial"] in go:
+            go[e["trial"]] = int(e["t_rig_ns"])  # the actual cue beats the plan
+    acks = s.light_acks()
     cols = [("instructed_side", "instructed lick side (left/right)"),
             ("outcome", "hit, error, ignore or early_lick"),
             ("choice", "first lick side after the go cue (left/right/none)"),
             ("early_lick", "licked before the go cue (trial aborted)"),
             ("reaction_time", "first-lick latency after the go cue (s; nan if none)"),
-            ("photostim_condition", "control, left, right or bilateral"),
-            ("photostim_onset", "light onset relative to the go cue (s; nan if none)"),
-            ("photostim_duration", "light duration incl. ramp-down (s; 0 if none)"),
-            ("photostim_power", "time-averaged power per spot (mW; 0 if none)"),
-            ("photostim_status", "what the rig reported for the light command"),
+            ("photostim_condition", "PLANNED: the protocol's condition for the trial (e.g. control, "
+                                    "left_alm); what was delivered is photostim_delivered_condition"),
+            ("photostim_delivered", "light reached the animal: its command was acknowledged APPLIED by the rig"),
+            ("photostim_delivered_condition", "DELIVERED: control, left, right, bilateral, or not_delivered "
+                                              "(planned light refused, late, invalid or never acknowledged)"),
+            ("photostim_onset", "delivered light's commanded onset relative to the go cue (s; nan if none "
+                                "delivered)"),
+            ("photostim_onset_measured", "delivered light's onset relative to the go cue as the rig measured "
+                                         "it (its ack's t_light_change; s; nan if none delivered or not said)"),
+            ("photostim_duration", "delivered light's duration incl. ramp-down (s; 0 if none delivered)"),
+            ("photostim_power", "delivered time-averaged power per spot (mW; 0 if none delivered)"),
+            ("photostim_status", "what the rig reported for the trial's light command: none (no command), "
+                                 "sent (never acknowledged), applied, late, invalid, watchdog_off"),
             ("go_cue_time", "planned go-cue time (s, session clock); epochs are aligned to it")]
     for name, description in cols:
         nwb.add_trial_column(name, description)
     last_t = sec(t_rig[-1])
-    for tr in s.trials():
+    for tr in join_recorded_acks(s.trials(), acks):
         k = tr["trial"]
         if k not in starts:
             continue
@@ -124,34 +140,46 @@ def export_session(session_dir: Path | str, output: Path | None = None) -> Path:
         start = sec(starts[k]["t_rig_ns"])
         stop = sec(ends[k]) if k in ends else min(last_t, start + 30.0)
         rt = tr.get("reaction_time_s")
+        delivered = bool(tr["delivered"])
         onset = light.get("onset_t_s")
+        measured = np.nan
+        if delivered and light.get("t_light_change_rig_ns"):
+            measured = (int(light["t_light_change_rig_ns"]) - go[k]) * 1e-9
         nwb.add_trial(
             start_time=start, stop_time=max(stop, start), instructed_side=str(tr.get("instructed")),
             outcome=str(tr.get("outcome")), choice=str(tr.get("choice") or "none"),
             early_lick=bool(tr.get("early_lick")), reaction_time=float(rt) if rt is not None else np.nan,
-            photostim_condition=str(tr.get("condition") or "control"),
-            photostim_onset=float(onset) if onset is not None else np.nan,
-            photostim_duration=float(light.get("duration_s", 0.0)),
-            photostim_power=float(light.get("power_mw_per_spot", 0.0)),
-            photostim_status=str(light.get("status", "none")),
+            photostim_condition=str(tr.get("condition") or "control"), photostim_delivered=delivered,
+            photostim_delivered_condition=str(tr["delivered_condition"]),
+            photostim_onset=float(onset) if delivered and onset is not None else np.nan,
+            photostim_onset_measured=measured,
+            photostim_duration=float(light.get("duration_s", 0.0)) if delivered else 0.0,
+            photostim_power=float(light.get("power_mw_per_spot", 0.0)) if delivered else 0.0,
+            photostim_status=str(tr["light_status"]),
             go_cue_time=sec(starts[k].get("t_go_ns", starts[k]["t_rig_ns"])))
 
-    # optogenetics: one site per hemisphere, commanded time-averaged power per spot
+    # optogenetics: one site per hemisphere; only light the rig acknowledged APPLIED, from its onset
     device = nwb.create_device(name="light_source", description="rig light source behind rigd's interlock "
                                "(galvo-scanned spots over ALM)")
-    cmds = s.light_commands()
+    last = last_acks(acks)
+    delivered_cmds: list[tuple[int, wire.LightCommandFields]] = []
+    for rec, c in s.light_commands():
+        status, t_on = last.get((int(rec.header.rig_id), c.command_id), ("sent", 0))
+        if c.action == wire.LightAction.START and light_delivered(status):
+            delivered_cmds.append((t_on or c.t_start_rig_ns or c.cause_t_rig_ns, c))
     for hemi, sign, attr in (("left", -1, "spots_left"), ("right", 1, "spots_right")):
         site = nwb.create_ogen_site(
             name=f"ALM_{hemi}", device=device, description=f"{hemi} ALM, spots scanned by galvo",
             excitation_lambda=float(m.get("calibration", {}).get("wavelength_nm", 473.0)),
             location=f"ALM {hemi} (AP +{ALM_AP_MM} mm, ML {sign * ALM_ML_MM:+} mm from bregma)")
-        # placed at the rig time of the frame that caused each command (rig clock, like all times)
-        mine = [(sec(c.cause_t_rig_ns), c) for _, c in cmds if getattr(c, attr)]
+        # placed at the onset the rig measured (its ack's t_light_change; rig clock, like all times)
+        mine = sorted(((sec(t), c) for t, c in delivered_cmds if getattr(c, attr)), key=lambda x: x[0])
         t, p = _light_envelope(mine, last_t)
         nwb.add_stimulus(OptogeneticSeries(
             name=f"photostim_{hemi}", data=p * 1e-3, site=site, timestamps=t,
-            description="commanded time-averaged power per spot (W), piecewise linear; the 40 Hz "
-                        "sinusoid is not resolved"))
+            description="delivered time-averaged power per spot (W), piecewise linear: only light the "
+                        "rig acknowledged APPLIED, from the onset it measured; refused, late, invalid "
+                        "and unacknowledged commands are left out; the 40 Hz sinusoid is not resolved"))
 
     # decoder outputs
     dec = s.decoder_outputs()

@@ -18,25 +18,58 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from rig.conditions import trial_condition
+
 
 class TrialStats:
-    """Outcome counts per condition (control, left, right, bilateral, …)."""
+    """Outcome counts per delivered condition (control, left, right, bilateral, not_delivered).
+
+    A trial counts under the light that reached the animal (rig/conditions.py), not the plan: a
+    refused, late, invalid or unacknowledged perturbation is ``not_delivered``. A ``light_update``
+    (an acknowledgement that came after its trial's summary) moves the trial to its new condition.
+    """
 
     def __init__(self) -> None:
         self.n = 0
         self.by_condition: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        #: (rig, trial) → (condition counted, outcome) for the trials a light_update may still move
+        self._counted: collections.OrderedDict[tuple[int, int], tuple[str, str]] = collections.OrderedDict()
 
-    def add(self, summary: dict[str, Any]) -> None:
-        """Count one finished trial."""
+    def add(self, record: dict[str, Any]) -> None:
+        """Count one finished trial (a ``type: trial`` summary) or apply a ``light_update``."""
+        if record.get("type") == "light_update":
+            self._update(record)
+            return
         self.n += 1
-        c = self.by_condition[str(summary.get("condition") or "control")]
+        cond, outcome = trial_condition(record), str(record.get("outcome", "unknown"))
+        c = self.by_condition[cond]
         c["n"] += 1
-        c[str(summary.get("outcome", "unknown"))] += 1
+        c[outcome] += 1
+        if record.get("light"):
+            key = (int(record.get("rig_id", 1)), int(record.get("trial", -1)))
+            self._counted[key] = (cond, outcome)
+            while len(self._counted) > 64:
+                self._counted.popitem(last=False)
+
+    def _update(self, update: dict[str, Any]) -> None:
+        key = (int(update.get("rig_id", 1)), int(update.get("trial", -1)))
+        counted = self._counted.get(key)
+        new = str(update.get("delivered_condition") or trial_condition(update))
+        if counted is None or counted[0] == new:
+            return
+        old, outcome = counted
+        for cond, d in ((old, -1), (new, 1)):
+            c = self.by_condition[cond]
+            c["n"] += d
+            c[outcome] += d
+        self._counted[key] = (new, outcome)
 
     def table(self) -> dict[str, dict[str, float]]:
         """Per condition: trials, hits, errors, ignores, early licks, fraction correct (of licked)."""
         out: dict[str, dict[str, float]] = {}
         for cond, c in sorted(self.by_condition.items()):
+            if c["n"] <= 0:  # emptied by light updates
+                continue
             licked = c["hit"] + c["error"]
             out[cond] = {"n": c["n"], "hit": c["hit"], "error": c["error"], "ignore": c["ignore"],
                          "early_lick": c["early_lick"],
@@ -77,7 +110,7 @@ def render(status: dict[str, Any]) -> Group:
     for cond, row in status.get("outcomes", {}).items():
         pct = row["correct"]
         t.add_row(cond, str(int(row["n"])), str(int(row["hit"])), str(int(row["error"])),
-                  str(int(row["early_lick"])), "–" if math.isnan(pct) else f"{100 * pct:.0f} %")
+                  str(int(row["early_lick"])), "–" if pct is None or math.isnan(pct) else f"{100 * pct:.0f} %")
     lat = status.get("latency_us", {})
     e2e, internal = lat.get("e2e", {}), lat.get("internal", {})
     target = status.get("trials_target")

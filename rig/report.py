@@ -8,9 +8,10 @@ coding direction, modularity, t90 recovery), draw the figures with matplotlib (A
 ``report.html``, ``report.json`` (every number in the page) and the PNGs. It reads the session;
 it never changes it. Long steps report to a rich.progress-compatible ``progress``.
 
-Trial conventions (science.md §5.F, said on the page too): performance counts completed trials
+Trial conventions (docs/report.md, said on the page too): performance counts completed trials
 (a lick after the go cue, no early lick); a trial's condition is the light it actually received
-(a refused or late command leaves the trial in "not delivered", outside every comparison);
+(a refused, late, invalid or unacknowledged command leaves the trial "not delivered", outside
+every comparison: rig/conditions.py, with acks recorded after a trial's summary joined in);
 selectivity uses all completed trials labelled by the instructed side.
 """
 
@@ -34,7 +35,7 @@ from scipy import stats
 
 from hardware.calibration import default_limits
 from rig import wire
-from rig.conditions import CONDITIONS, NOT_DELIVERED, canonical_condition, delivered_condition, trial_condition
+from rig.conditions import CONDITIONS, NOT_DELIVERED, canonical_condition, delivered_condition, join_recorded_acks
 from rig.session import Session
 from rig.telemetry import FIELDS
 from sim import analysis
@@ -45,11 +46,11 @@ COLOURS = {"control": "#222222", "left": "#1a73e8", "right": "#d93025", "bilater
 OTHER = {"left": "right", "right": "left"}
 FIG_SIZE_IN = (9.0, 4.5)
 FIG_DPI = 100  #: every figure is 900 × 450 px
-BIN_S = 0.1  #: analysis bins (science.md §2.3: 100-ms windows)
+BIN_S = 0.1  #: analysis bins (100-ms windows, as Yang et al., Nat Neurosci 2022)
 WINDOW_S = (-3.5, 1.0)  #: trial span around the go cue (pre-sample to response)
-N_BOOT = 1000  #: bootstrap resamples over neurons (science.md §2.5)
-DEFAULT_GO_AFTER_START_S = 3.5  #: pre-sample 0.5 + sample 1.3 + delay 1.7 s (science.md §1.1)
-SELECTIVE_MIN_HZ = 0.5  #: |preferred − non-preferred| > 0.5 spikes/s (science.md §2.2, LABCODE)
+N_BOOT = 1000  #: bootstrap resamples over neurons (Chen et al., Cell 2021)
+DEFAULT_GO_AFTER_START_S = 3.5  #: pre-sample 0.5 + sample 1.3 + delay 1.7 s (docs/simulator.md)
+SELECTIVE_MIN_HZ = 0.5  #: |preferred − non-preferred| > 0.5 spikes/s (Chen et al. 2021 analysis code)
 DELAY_S = (-1.7, 0.0)
 
 
@@ -181,14 +182,14 @@ def load_session(session_dir: Path, steps: _Steps) -> ReportData:
         elif e["event"] == "go_cue":
             go[int(e["trial"])] = int(e["t_rig_ns"])  # the actual cue beats the plan
     trials: list[Trial] = []
-    for tr in s.trials():
+    for tr in join_recorded_acks(s.trials(), s.light_acks()):  # acks recorded after a summary count too
         k = int(tr["trial"])
         if k not in go:
             continue
         light = tr.get("light") or {}
-        status = str(light.get("status", "none")) if light else "none"
-        planned = canonical_condition(tr.get("condition"))
-        cond = trial_condition(tr)
+        status = str(tr["light_status"])
+        planned = str(tr["planned_condition"])
+        cond = str(tr["delivered_condition"])
         trials.append(
             Trial(
                 trial=k,
@@ -316,17 +317,25 @@ def load_nwb(path: Path, steps: _Steps) -> ReportData:
             go = df["start_time"].to_numpy(dtype=np.float64) + DEFAULT_GO_AFTER_START_S
             notes.append(
                 f"the NWB trials table has no go_cue_time column: go cue taken as trial start + "
-                f"{DEFAULT_GO_AFTER_START_S} s (pre-sample + sample + delay, science.md §1.1)"
+                f"{DEFAULT_GO_AFTER_START_S} s (pre-sample 0.5 s + sample 1.3 s + delay 1.7 s)"
             )
         trials: list[Trial] = []
         for i, (_, r) in enumerate(df.iterrows()):
             cond_name = str(r.get("photostim_condition", "control"))
-            planned = canonical_condition(cond_name)
             status = str(r.get("photostim_status", "none"))
             power = float(r.get("photostim_power", 0.0))
-            spots = 0b1111  # the trials table has no spot masks: 4 spots per lit hemisphere (§3.1)
-            lit = power > 0 and planned in ("left", "right", "bilateral")
-            cond = delivered_condition(planned, planned if lit else None, status)
+            spots = 0b1111  # the trials table has no spot masks: 4 spots per lit hemisphere (Chen 2021)
+            if "photostim_delivered_condition" in r:  # planned and delivered columns (rig.nwb_export)
+                planned = canonical_condition(cond_name)
+                got = str(r["photostim_delivered_condition"])
+                lit = bool(r.get("photostim_delivered")) and got in ("left", "right", "bilateral")
+                cond = delivered_condition(planned, got if lit else None, "applied" if lit else status)
+                planned_lit = cond if lit else planned
+            else:  # an older export: one condition column, delivered-ness from the ack status
+                planned = canonical_condition(cond_name)
+                lit = power > 0 and planned in ("left", "right", "bilateral")
+                cond = delivered_condition(planned, planned if lit else None, status)
+                planned_lit = planned
             onset = float(r.get("photostim_onset", np.nan))
             trials.append(
                 Trial(
@@ -339,8 +348,8 @@ def load_nwb(path: Path, steps: _Steps) -> ReportData:
                     planned=planned,
                     go_s=float(go[i]),
                     power_mw=power,
-                    spots_left=spots if lit and planned in ("left", "bilateral") else 0,
-                    spots_right=spots if lit and planned in ("right", "bilateral") else 0,
+                    spots_left=spots if lit and planned_lit in ("left", "bilateral") else 0,
+                    spots_right=spots if lit and planned_lit in ("right", "bilateral") else 0,
                     duration_s=float(r.get("photostim_duration", 0.0)),
                     ramp_s=0.1 if lit else 0.0,
                     onset_s=onset if math.isfinite(onset) else None,
@@ -350,7 +359,7 @@ def load_nwb(path: Path, steps: _Steps) -> ReportData:
         if any(t.condition != "control" for t in trials):
             notes.append(
                 "NWB: spot masks and ramp-down are not stored; light dose assumes 4 spots per lit "
-                "hemisphere and a 0.1 s ramp (science.md §3.1)"
+                "hemisphere and a 0.1 s ramp (the Chen et al. 2021 protocol)"
             )
         dec_t, dec = np.zeros(0), np.zeros((0, 3))
         if "decoding" in f.processing:
@@ -561,11 +570,11 @@ def _selectivity(
     data: ReportData,
     rng: np.random.Generator,
 ) -> Selectivity | None:
-    """Delay-selective neurons of hemisphere ``h`` and their selectivity per condition (§2.2, §2.5).
+    """Delay-selective neurons of hemisphere ``h`` and their selectivity per condition (Chen et al. 2021).
 
     Preferred side and selection come from one random half of the control trials, control
     selectivity from the other half (no selection bias); photoinhibition conditions use all their
-    trials. Trials: all completed trials labelled by instructed side (§5.F convention).
+    trials. Trials: all completed trials labelled by instructed side (docs/report.md).
     """
     hi = 0 if h == "left" else 1
     other = OTHER[h]
@@ -586,7 +595,7 @@ def _selectivity(
     diff = d_rate[r_side].mean(axis=0) - d_rate[l_side].mean(axis=0)
     p = stats.ttest_ind(d_rate[r_side], d_rate[l_side], axis=0, equal_var=False).pvalue
     keep = (np.nan_to_num(p, nan=1.0) < 0.05) & (np.abs(diff) > SELECTIVE_MIN_HZ)
-    # light-excited (putative inhibitory) units: > 2× control rate during own-hemisphere light (§2.1)
+    # light-excited (putative inhibitory) units: > 2× control rate during own-hemisphere light (Chen et al. 2021)
     own = np.flatnonzero(usable & (cond == h))
     if own.size:
         own_rate = rates[own][:, pi_win][:, :, units].mean(axis=(0, 1))
@@ -1039,16 +1048,16 @@ def _html(data: ReportData, nums: dict[str, Any], figs: dict[str, str]) -> str:
         "performance": "Fraction correct of completed trials (lick after the go cue, no early lick) per "
         "light "
         "condition actually delivered; Wilson 95 % CIs (sim.analysis.performance_by_condition).",
-        "cd": "Coding direction per hemisphere fitted on control correct trials (delay mean, §2.3 def. 1, "
+        "cd": "Coding direction per hemisphere fitted on control correct trials (delay mean, class-mean difference; "
         "sim.analysis.fit_coding_direction), projected on every completed trial; solid: instructed right, "
         "dashed: instructed left. Blue band: light window.",
         "selectivity": "Selectivity (preferred − non-preferred rate) of delay-selective neurons; "
         "preferred side "
         "and selection on one half of the control trials, control selectivity on the other half; "
-        "all completed trials by instructed side (§5.F). Bands: 95 % bootstrap over neurons "
+        "all completed trials by instructed side. Bands: 95 % bootstrap over neurons "
         f"({N_BOOT} resamples). t90: recovery of the silenced hemisphere after light offset.",
         "modularity": "M = selectivity during photoinhibition of the other hemisphere / control, over "
-        "−1.7…−0.9 s (§2.5, sim.analysis.modularity); 95 % bootstrap CI over neurons.",
+        "−1.7…−0.9 s (Chen et al., Cell 2021; sim.analysis.modularity); 95 % bootstrap CI over neurons.",
         "decoder": "The online decoder's sign vs the mouse's choice, per 100-ms bin, completed trials.",
         "light": "Commanded light per trial against the interlock limits.",
         "latency": "Internal: frame received → command sent (rigd clock). End to end: rig send → command "

@@ -17,6 +17,11 @@ writer thread seals spans of the ring (CRC-32, compiled, GIL released) and hands
 ``os.write`` at least every flush interval (so ``kill -9`` loses at most that interval), with an
 ``fsync`` about once a second (rig/record_ring.py). A full ring or queue drops the record and
 counts it. The reader stops cleanly at a torn final record and says how many bytes it ignored.
+
+A write that fails (disk full, I/O error) is cut back to the last whole record and retried every
+0.1 s; meanwhile records wait in the ring (``recorder_lag_records``), then are dropped and counted
+(``recorder_dropped``, also what is still unwritten at close); ``recorder_write_failing`` is 1 and
+one alarm goes out per failing episode. The log stays readable up to the last record that fitted.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import threading
 import time
@@ -53,15 +59,64 @@ RecordTap = Callable[[wire.Header, memoryview, int], None]  #: ``fn(header, payl
 SpanTap = Callable[[npt.NDArray[np.uint8], int, int], None]  #: ``fn(ring bytes, position, n records)``
 
 
+MAX_JSON_DEPTH = 64  #: deeper nesting (or a reference cycle) is written as the object's str()
+
+
+def _finite(obj: Any, depth: int = 0) -> Any:
+    """``obj`` with every non-finite float (also in numpy scalars and arrays) replaced by None."""
+    if isinstance(obj, float):  # np.float64 too
+        return float(obj) if math.isfinite(obj) else None
+    if depth > MAX_JSON_DEPTH:
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [_finite(v, depth + 1) for v in obj]
+    if isinstance(obj, np.ndarray | np.generic):
+        return _finite(obj.tolist(), depth + 1)
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray | np.generic):  # np.float32, np.int64, arrays: as JSON numbers/lists
+        return _finite(obj.tolist())
+    if isinstance(obj, set | frozenset):
+        return _finite(list(obj))
+    return str(obj)  # paths, datetimes, enums
+
+
+def strict_json(obj: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:
+    """RFC 8259 JSON: NaN and ±inf (also inside numpy values) become ``null``, never bare ``NaN``.
+
+    The common case (nothing non-finite) is one pass of the C encoder; only a message that holds a
+    non-finite number is walked and encoded again (a ~200-key status: tens of µs, docs/control-plane.md).
+    Serialised with ``allow_nan=False``, so anything this missed raises instead of going out.
+    """
+    try:
+        return json.dumps(obj, allow_nan=False, default=_json_default, indent=indent, sort_keys=sort_keys)
+    except ValueError:  # a non-finite float (or a reference cycle): sanitise and encode again
+        return json.dumps(_finite(obj), allow_nan=False, default=_json_default, indent=indent,
+                          sort_keys=sort_keys)
+
+
 def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    """Write JSON to ``path`` via a temporary file and rename (never a half-written file)."""
+    """Write strict JSON to ``path`` via a temporary file and rename (never a half-written file).
+
+    On failure (a full disk) the previous file stays as it was, the temporary one is removed, and
+    the OSError is raised for the caller to count.
+    """
     tmp = path.with_suffix(path.suffix + ".tmp")
-    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    data = strict_json(obj, indent=2, sort_keys=True).encode()
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 class Recorder:
@@ -78,10 +133,12 @@ class Recorder:
         flush_interval_s: longest time a record waits in memory before ``os.write``.
         max_queue: records held in memory before new ones are dropped (and counted).
         ring_bytes: size of the in-memory ring (preallocated); a full ring drops and counts too.
+        on_alarm: called (from the writer thread) once when writing starts failing (a full disk,
+            an I/O error) and once when it works again; also settable as ``recorder.on_alarm``.
     """
 
     def __init__(self, directory: Path, flush_interval_s: float = 0.2, max_queue: int = 200_000,
-                 ring_bytes: int = 64 << 20) -> None:
+                 ring_bytes: int = 64 << 20, on_alarm: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.flush_interval_s = flush_interval_s
@@ -102,6 +159,8 @@ class Recorder:
         self.tap_errors = 0
         self.write_errors = 0
         self.last_error = ""
+        self.on_alarm = on_alarm
+        self.failing = False  # writes are failing now: one alarm per episode, not one per record
         seal(self._ring.buf, 0, 0, CRC_TABLE)  # compile (or load) before the first frame
         self._thread = threading.Thread(target=self._run, name="rigd-recorder", daemon=True)
         self._thread.start()
@@ -254,6 +313,12 @@ class Recorder:
             except OSError as exc:  # disk full, I/O error: keep the thread alive, count, retry
                 self.write_errors += 1
                 self.last_error = str(exc)
+                if not self.failing:
+                    self.failing = True
+                    self._raise_alarm("error", f"session log {self.directory / LOG_NAME}: write failed "
+                                      f"({exc}); new records are held in memory (ring of "
+                                      f"{self._ring.buf.size >> 20} MiB) and retried, then dropped and "
+                                      "counted as recorder_dropped; the closed loop is not affected")
                 if stopping:
                     failed_at_stop += 1
                     if failed_at_stop >= 20:  # ~2 s of retries at close: what is left is lost, and counted
@@ -262,8 +327,22 @@ class Recorder:
                     self._wake.set()
                 time.sleep(0.1)
                 continue
+            if self.failing:
+                self.failing = False
+                self._raise_alarm("info", f"session log {self.directory / LOG_NAME}: writing again "
+                                  f"({self.dropped} records dropped so far)")
             if stopping:
                 return
+
+    def _raise_alarm(self, severity: str, message: str) -> None:
+        fn = self.on_alarm
+        if fn is None:
+            return
+        try:
+            fn({"source": "recorder", "severity": severity, "message": message,
+                "write_errors": self.write_errors, "dropped": self.dropped})
+        except Exception:  # an alarm sink that fails must not stop the writer
+            self.tap_errors += 1
 
     def close(self) -> None:
         """Write everything still queued, fsync and close."""
@@ -279,7 +358,8 @@ class Recorder:
         return {"recorder_dropped": self.dropped, "recorder_records": self.written_records,
                 "recorder_bytes": self.written_bytes, "recorder_lag_records": self.lag_records,
                 "recorder_max_lag_records": self.max_lag_records,
-                "recorder_write_errors": self.write_errors, "recorder_tap_errors": self.tap_errors}
+                "recorder_write_errors": self.write_errors, "recorder_tap_errors": self.tap_errors,
+                "recorder_write_failing": int(self.failing)}
 
 
 # --- reading -------------------------------------------------------------------------------

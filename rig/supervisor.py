@@ -3,9 +3,15 @@
 It owns the lifetimes of everything a session needs and tears them down in reverse order:
 the session directory and recorder, the MQTT broker (embedded unless a lab broker is given) and
 the control plane, the hot loop thread with its sockets, the simulated rig process, the live
-view, the runtime file that ``rigd status``/``rigd stop`` find, and the terminal progress. It
-decides when the session ends (trials reached, duration, stop command, signal, rig gone) and
+view, the runtime file that ``rigd status``/``rigd stop`` find, the terminal progress, the light
+ledgers of the rigs' subjects (hardware/ledger.py) and the loop watchdog process (rig/watchdog.py).
+It decides when the session ends (trials reached, duration, stop command, signal, rig gone) and
 writes the final manifest. It wires pure parts together; it computes nothing per frame.
+
+Shutdown is bounded: once a stop is requested, :class:`ShutdownGuard` gives it
+``SHUTDOWN_LIMIT_S``; whatever hangs past that (a thread, a socket, a disk), the guard closes the
+session from its own thread — manifest ``stopped`` with the reason, recorder closed as far as it
+goes in 2 s — and exits the process. A second SIGINT/SIGTERM does the same at once.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -38,10 +45,11 @@ from decoders.base import LEFT, RIGHT
 from decoders.online import OnlineDecoder
 from hardware.calibration import load_calibration
 from hardware.interlock import LightInterlock
+from hardware.ledger import LedgerHistory, LightLedger, ledger_path, state_dir
 from hardware.light_source import WireLightSource
 from rig import wire
 from rig.broker import embedded_broker
-from rig.config import ServiceConfig, runtime_dir
+from rig.config import ServiceConfig, is_placeholder_calibration, runtime_dir
 from rig.control_plane import ControlPlane
 from rig.errors import Counters
 from rig.loop import DECODER_FIELDS, HotLoop, PipelineFactory
@@ -49,11 +57,15 @@ from rig.progress import Progress, TrialStats
 from rig.session import MANIFEST_NAME, Recorder, write_json_atomic
 from rig.telemetry import FIELDS as TELEMETRY_FIELDS
 from rig.telemetry import LoopTelemetry
+from rig.watchdog import LoopBeat, safety_endpoint_for
 
-#: the protocol `rigd start` runs when none is given (science.md §7.1)
+#: the protocol `rigd start` runs when none is given (Chen et al. 2021's default block, docs/protocols.md)
 DEFAULT_PROTOCOL = protocols.shipped()[protocols.DEFAULT]
 POOL_BUDGET_BYTES = 512 * 1024 * 1024  #: memory for the decoder's calibration pool
 CONTROL_READY_TIMEOUT_S = 5.0  #: longest wait for the control plane to subscribe before reporting ready
+SHUTDOWN_LIMIT_S = 10.0  #: longest a requested stop may take before the session is closed by force
+FORCED_EXIT_CODE = 3  #: exit status of a shutdown that had to be forced
+WATCHDOG_READY_TIMEOUT_S = 20.0  #: longest wait for the loop watchdog process to bind its socket
 PACKAGES = ("rigd", "numpy", "numba", "pyzmq", "aiomqtt", "amqtt", "pydantic", "pynwb", "torch")
 
 
@@ -91,6 +103,9 @@ class Service:
         self.stop_reason = ""
         self.stop_event = asyncio.Event()
         self.loop = asyncio.get_running_loop()
+        self.recorder.on_alarm = self._alarm_from_thread  # a full disk: one alarm, not one per record
+        self._manifest_failing = False
+        self.runtime_info: dict[str, Any] = {}
         self.started_wall = dt.datetime.now(dt.UTC).isoformat()
         self.started_mono = time.monotonic()
         self.mqtt_url = ""
@@ -99,6 +114,12 @@ class Service:
         self.control: ControlPlane | None = None
         self.state = "starting"
         self.calibration = load_calibration(cfg.calibration)
+        self.ledgers: dict[int, LightLedger] = {}
+        self.ledger_history: dict[int, LedgerHistory] = {}
+        self._open_ledgers()
+        self.beat = LoopBeat(runtime_dir() / f"{cfg.name}-{os.getpid()}.beat")
+        self.watchdog_proc: asyncio.subprocess.Process | None = None
+        self.guard = ShutdownGuard(self)
         parts = PipelineFactory(tracker=TrialTracker, controller=self._make_controller,
                                 interlock=self._make_interlock, decoder=self._make_decoder)
         self.hot = HotLoop(
@@ -107,8 +128,25 @@ class Service:
             telemetry=self.telemetry, counters=self.counters, deadline_ns=int(cfg.deadline_ms * 1e6),
             on_alarm=self._alarm_from_thread, on_trial=self._trial_from_thread,
             publish_estimates=cfg.publish_estimates, realtime_priority=cfg.realtime_priority,
-            loop_cpu=cfg.loop_cpu, poll_ahead_us=cfg.poll_ahead_us)
+            loop_cpu=cfg.loop_cpu, poll_ahead_us=cfg.poll_ahead_us, beat=self.beat)
+        self.hot.max_units = cfg.max_units
 
+    def _open_ledgers(self) -> None:
+        """Each rig's light ledger for its subject, and what it holds within the energy window.
+
+        A simulated mouse without ``--subject`` has no tissue to protect across sessions: its
+        ledger lives in the session directory (the limits still hold within the session).
+        """
+        cfg = self.cfg
+        if cfg.rig == "sim" and cfg.subject is None:
+            directory, subject = self.directory, f"sim-seed{cfg.seed}"
+        else:
+            directory, subject = cfg.ledger_dir or state_dir() / "ledger", cfg.subject or "unknown-subject"
+        window = self.calibration.safety_limits().energy_window_s
+        for r in cfg.rig_ids:
+            led = LightLedger(ledger_path(directory, subject, r), subject, r)
+            self.ledgers[r] = led
+            self.ledger_history[r] = led.load(window)
     def _make_decoder(self, desc: dict[str, Any]) -> OnlineDecoder:
         """The online decoder for a rig's units (left hemisphere first, per the wire protocol)."""
         n = int(desc["n_units"])
@@ -148,9 +186,22 @@ class Service:
         first = by_rig.get(str(self.cfg.rig_ids[0]), {"limits": self.calibration.safety_limits().model_dump()})
         return {**first, "by_rig": by_rig} if len(by_rig) > 1 else first
 
-    def _make_interlock(self, send: Callable[[bytes], None],
+    def _make_interlock(self, rig_id: int, send: Callable[[bytes], None],
                         on_alarm: Callable[[dict[str, Any]], None]) -> LightInterlock:
-        return LightInterlock(self.calibration.safety_limits(), WireLightSource(send), on_alarm)
+        limits = self.calibration.safety_limits()
+        ledger = self.ledgers[rig_id]
+        # the history read at start; a second interlock for the same rig (it re-connected) reads the
+        # ledger again, so the light of this session counts too
+        history = self.ledger_history.pop(rig_id, None) or ledger.load(limits.energy_window_s)
+        return LightInterlock(limits, WireLightSource(send), on_alarm, ledger=ledger, history=history)
+
+    def ledger_alarms(self) -> None:
+        """Say at start what each rig's ledger carries over from earlier sessions (if anything)."""
+        for r, hist in self.ledger_history.items():
+            if hist.trials or hist.perturbed or hist.energy or hist.bad_lines:
+                self._alarm({"source": "ledger", "severity": "warning" if hist.bad_lines else "info",
+                             "rig_id": r, "message": f"rig {r}: light ledger {hist.describe()}; this "
+                             "counts against this session's energy and perturbed-fraction limits"})
 
     # -- callbacks from the hot thread: hand over to the event loop ---------------------------
 
@@ -172,10 +223,11 @@ class Service:
             self.request_stop(f"{self.cfg.trials} trials done")
 
     def request_stop(self, reason: str) -> None:
-        """Ask the session to end (idempotent; the first reason wins)."""
+        """Ask the session to end (idempotent; the first reason wins); the shutdown clock starts."""
         if not self.stop_reason:
             self.stop_reason = reason
         self.stop_event.set()
+        self.guard.arm()
 
     # -- status -------------------------------------------------------------------------------
 
@@ -189,6 +241,7 @@ class Service:
         c.update(self.recorder.counters())
         c["frames"] = self.hot.frames
         c["frames_polled_ahead"] = self.hot.frames_polled_ahead
+        c["ledger_write_errors"] = sum(led.write_errors for led in self.ledgers.values())
         return c
 
     def status(self) -> dict[str, Any]:
@@ -211,7 +264,7 @@ class Service:
             "protocol": {"name": self.protocol.name, "sha256": self.protocol.sha256},
             "mqtt": self.mqtt_url, "ui": self.ui_url,
             "endpoints": {"ingest": self.hot.ingest_endpoint, "command": self.hot.command_endpoint},
-            "rigs": {str(k): v.description for k, v in self.hot.pipelines.items()},
+            "rigs": self.hot.rig_descriptions(), "safety_endpoint": self.hot.safety_endpoint,
         }
 
     @functools.cached_property
@@ -237,12 +290,36 @@ class Service:
             "counters": self.counter_snapshot(), "latency_us": self.telemetry_summary(),
             "trials_done": self.stats.n, "outcomes": self.stats.table(),
             "decoder": self.decoder_status(), "interlock": self.interlock_status(),
-            "rigs": {str(k): v.description for k, v in self.hot.pipelines.items()},
+            "rigs": self.hot.rig_descriptions(),
+            "ledgers": {str(r): str(led.path) for r, led in self.ledgers.items()},
         }
 
     def write_manifest(self) -> None:
-        """Atomically rewrite manifest.json."""
-        write_json_atomic(self.directory / MANIFEST_NAME, self.manifest())
+        """Atomically rewrite manifest.json; a failure (full disk) is counted and alarmed once, never fatal."""
+        try:
+            write_json_atomic(self.directory / MANIFEST_NAME, self.manifest())
+        except OSError as exc:
+            self.counters.inc("manifest_write_errors")
+            if not self._manifest_failing:
+                self._manifest_failing = True
+                self._alarm_from_thread({"source": "session", "severity": "error",
+                                         "message": f"manifest.json not rewritten ({exc}); the last "
+                                                    "complete one stays; retried every 5 s"})
+            return
+        self._manifest_failing = False
+
+    def broker_restarted(self, alarm: dict[str, Any]) -> None:
+        """The embedded broker died and was restarted: alarm; follow it if it moved to another port."""
+        self._alarm(alarm)
+        url = str(alarm["url"])
+        if url != self.mqtt_url:
+            self.mqtt_url = url
+            if self.control is not None:
+                self.control.set_url(url)
+            if self.runtime_info:
+                self.runtime_info["mqtt"] = url
+                with contextlib.suppress(OSError):
+                    write_json_atomic(runtime_dir() / f"{self.cfg.name}.json", self.runtime_info)
 
     # -- command handling (control plane) -----------------------------------------------------
 
@@ -318,7 +395,8 @@ class Service:
         write_json_atomic(self.directory / "sim_config.json", mouse)
         args = [sys.executable, "-m", "sim.rig_process", "--ingest", self.hot.ingest_endpoint,
                 "--command", self.hot.command_endpoint, "--rig-id", str(c.rig_ids[0]),
-                "--seed", str(c.seed), "--config", str(self.directory / "sim_config.json")]
+                "--seed", str(c.seed), "--config", str(self.directory / "sim_config.json"),
+                "--log", str(self.directory / "rig.jsonl")]  # the rig's own record of its light, its clock
         if c.trials is not None:
             args += ["--trials", str(c.trials)]
         if c.realtime_priority > 0:
@@ -347,6 +425,97 @@ class Service:
                 await p.wait()
         self._sim_log.close()
 
+    async def start_watchdog(self) -> None:
+        """Start the loop watchdog process (rig/watchdog.py) and wait until it has bound its socket."""
+        c = self.cfg
+        limits = self.calibration.safety_limits()
+        args = [sys.executable, "-m", "rig.watchdog", "--beat", str(self.beat.path),
+                "--bind", safety_endpoint_for(self.hot.command_endpoint),
+                "--rig-ids", ",".join(str(r) for r in c.rig_ids), "--watchdog-s", str(limits.watchdog_s),
+                "--parent-pid", str(os.getpid()), "--log", str(self.directory / "watchdog.jsonl")]
+        if self.mqtt_url:
+            args += ["--mqtt", self.mqtt_url, "--topic", f"rigd/{c.name}/alarms"]
+        # its own session: a Ctrl-C on rigd's terminal goes to rigd, not to its watchdog
+        p = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                 stderr=open(self.directory / "watchdog.log", "wb"),  # noqa: SIM115
+                                                 start_new_session=True)
+        self.watchdog_proc = p
+        assert p.stdout is not None
+        line = await asyncio.wait_for(p.stdout.readline(), WATCHDOG_READY_TIMEOUT_S)
+        try:
+            self.hot.safety_endpoint = str(json.loads(line)["safety_endpoint"])
+        except (ValueError, KeyError) as exc:
+            raise RuntimeError(f"the loop watchdog did not start: {line!r}") from exc
+        # what it does later goes to the session directory's watchdog.jsonl (and MQTT), not to the pipe
+
+    async def stop_watchdog(self) -> None:
+        """The loop marked itself stopped: the watchdog exits on its own; make sure of it (≤ 2 s)."""
+        p = self.watchdog_proc
+        if p is None or p.returncode is not None:
+            return
+        try:
+            await asyncio.wait_for(p.wait(), 2.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()
+
+    def close_ledgers(self) -> None:
+        """Write what the ledgers still hold queued (bounded) and stop their writers."""
+        for led in self.ledgers.values():
+            led.close(timeout_s=1.0)
+
+
+class ShutdownGuard:
+    """Bounds a session's shutdown (see the module docstring); its timer runs on its own thread."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+
+    def arm(self) -> None:
+        """Start the shutdown clock (idempotent)."""
+        with self._lock:
+            if self._timer is None and not self.done.is_set():
+                self._timer = threading.Timer(SHUTDOWN_LIMIT_S, self.force,
+                                              args=(f"shutdown did not finish within {SHUTDOWN_LIMIT_S:.0f} s",))
+                self._timer.daemon = True
+                self._timer.start()
+
+    def finished(self) -> None:
+        """The shutdown completed normally: stand down."""
+        self.done.set()
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def force(self, why: str) -> None:
+        """Close the session from this thread, whatever else hangs, and exit the process."""
+        if self.done.is_set():
+            return
+        svc = self.svc
+        threads = sorted(t.name for t in threading.enumerate() if t is not threading.current_thread())
+        svc.hot.request_all_off()
+        svc.stop_reason = (svc.stop_reason + "; " if svc.stop_reason else "") + \
+            f"forced exit: {why} (threads still alive: {', '.join(threads)})"
+        closer = threading.Thread(target=svc.recorder.close, daemon=True)
+        closer.start()
+        closer.join(2.0)
+        svc.state = "stopped"
+        with contextlib.suppress(Exception):
+            svc.close_ledgers()
+        with contextlib.suppress(Exception):
+            svc.write_manifest()
+        with contextlib.suppress(FileNotFoundError):
+            (runtime_dir() / f"{svc.cfg.name}.json").unlink()
+        sys.stderr.write(f"rigd: {svc.stop_reason}\n")
+        sys.stderr.flush()
+        # no ALL_OFF can be promised from here: the watchdog process sees rigd gone and sends it,
+        # and every rig's own watchdog turns its light off within 0.5 s of rigd's silence
+        os._exit(FORCED_EXIT_CODE)
+
 
 @contextlib.contextmanager
 def runtime_file(name: str, info: dict[str, Any]) -> Any:
@@ -363,11 +532,12 @@ def runtime_file(name: str, info: dict[str, Any]) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def _broker(cfg: ServiceConfig) -> AsyncIterator[tuple[str, bool]]:
+async def _broker(cfg: ServiceConfig, on_restart: Callable[[dict[str, Any]], None]
+                  ) -> AsyncIterator[tuple[str, bool]]:
     if cfg.mqtt:
         yield cfg.mqtt, False
     else:
-        async with embedded_broker(port=cfg.mqtt_port) as url:
+        async with embedded_broker(port=cfg.mqtt_port, on_restart=on_restart) as url:
             yield url, True
 
 
@@ -387,16 +557,38 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
     svc = Service(cfg, protocol, directory)
     progress = Progress(svc, console=console, live=cfg.live)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, svc.request_stop, f"signal {signal.Signals(sig).name}")
+
+    signals = [0]
+
+    def on_signal(signum: int, frame: object) -> None:
+        # a plain handler, not the event loop's: it runs even while the event loop is stuck in a
+        # call. A signal while the session is already stopping (a second Ctrl-C, or one after
+        # `rigd stop`) ends it at once.
+        name = signal.Signals(signum).name
+        signals[0] += 1
+        if signals[0] > 1 or svc.stop_event.is_set():
+            svc.guard.force(f"{name} during shutdown")
+        loop.call_soon_threadsafe(svc.request_stop, f"signal {name}")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        async with _broker(cfg) as (mqtt_url, embedded):
+        async with _broker(cfg, svc.broker_restarted) as (mqtt_url, embedded):
             svc.mqtt_url = mqtt_url
             svc.control = ControlPlane(mqtt_url, cfg.name, svc.status, svc.telemetry_summary,
-                                       svc.on_command, svc.counters)
+                                       svc.on_command, svc.counters, on_alarm=svc._alarm)
             svc.control.set_session({"session_dir": str(directory), "started": svc.started_wall,
                                      "protocol": protocol.name, "protocol_sha256": protocol.sha256})
+            await svc.start_watchdog()
             svc.hot.start()
+            if cfg.rig == "external" and cfg.bench_test_calibration \
+                    and is_placeholder_calibration(svc.calibration.measured_on):
+                now = time.monotonic_ns()
+                bench = {"source": "calibration", "severity": "warning", "t_local_ns": now,
+                         "message": "BENCH TEST: --rig external on the placeholder calibration ("
+                                    f"{cfg.calibration or 'hardware/calibration_default.toml'}), not "
+                                    "measured on this rig: not for an animal"}
+                svc.recorder.alarm(bench, now)
+                svc._alarm(bench)
             svc.write_manifest()
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(svc.control.run()), tg.create_task(svc.housekeeping())]
@@ -414,8 +606,10 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
                 info = {"pid": os.getpid(), "name": cfg.name, "mqtt": mqtt_url, "embedded_broker": embedded,
                         "session_dir": str(directory), "started": svc.started_wall, "ui": svc.ui_url,
                         "ingest": svc.hot.ingest_endpoint, "command": svc.hot.command_endpoint}
+                svc.runtime_info = info
                 with runtime_file(cfg.name, info):
                     progress.banner(info)
+                    svc.ledger_alarms()
                     if cfg.rig == "sim":
                         await svc.start_sim()
                         tasks.append(tg.create_task(svc.watch_sim()))
@@ -432,8 +626,11 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
                     svc.state = "stopping"
                     svc.hot.request_all_off()  # light off while the rig is still listening
                     await asyncio.sleep(0.2)
+                    if hang := os.environ.get("RIGD_FAULT_SHUTDOWN_HANG_S"):  # fault injection (tests)
+                        await asyncio.to_thread(time.sleep, float(hang))
                     await svc.stop_sim()
                     await asyncio.to_thread(svc.hot.stop)
+                    await svc.stop_watchdog()
                     svc.flush_telemetry()
                     svc.state = "stopped"
                     final = svc.status()
@@ -443,14 +640,20 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
                     for t in tasks:
                         t.cancel()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         svc.state = "stopped"
         if svc.hot.thread is not None and svc.hot.thread.is_alive():
             svc.hot.stop()
+        if svc.watchdog_proc is not None and svc.watchdog_proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                svc.watchdog_proc.kill()
         svc.recorder.close()
+        svc.close_ledgers()
+        svc.beat.close()
         svc.write_manifest()
         progress.close()
+        svc.guard.finished()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     final = svc.status()
     final["stop_reason"] = svc.stop_reason
     return final

@@ -89,6 +89,18 @@ _ALLOWED_DTYPES: dict[Kind, frozenset[DType] | None] = {
     Kind.ALARM: frozenset({DType.U8}),
     Kind.LOG: frozenset({DType.U8}),
 }
+#: the largest spike count one unit may report in one frame (the uint16 range); larger, negative or
+#: non-finite counts reject the frame (docs/wire-protocol.md, "Spike count values")
+MAX_COUNT = 65535
+#: per checked SPIKE_COUNTS dtype: an unsigned view of the same width and the largest valid value in
+#: it, so one integer max() checks every rule (negative ints and floats, NaN and ±inf all read above
+#: it; non-negative floats order like their bit patterns). u8 and u16 cannot break the rules.
+_COUNT_LIMITS: dict[DType, tuple[np.dtype[Any], int]] = {
+    DType.I16: (np.dtype("<u2"), 32767),
+    DType.I32: (np.dtype("<u4"), MAX_COUNT),
+    DType.U32: (np.dtype("<u4"), MAX_COUNT),
+    DType.F32: (np.dtype("<u4"), int(np.array(MAX_COUNT, "<f4").view("<u4"))),
+}
 _KIND_BY_CODE: dict[int, Kind] = {int(k): k for k in Kind}
 _DTYPE_BY_CODE: dict[int, DType] = {int(d): d for d in DType}
 _ITEMSIZE: dict[DType, int] = {DType.NONE: 0, **{d: t.itemsize for d, t in _NP_DTYPES.items()}}
@@ -212,6 +224,37 @@ def payload_array(header: Header, payload: bytes | memoryview) -> npt.NDArray[An
         return np.empty(0, dtype=np.uint8)
     arr = np.frombuffer(payload, dtype=_NP_DTYPES[header.dtype])
     return arr if len(header.shape) == 1 else arr.reshape(header.shape)
+
+
+def count_limit(dtype: DType) -> tuple[np.dtype[Any], int] | None:
+    """How to check a SPIKE_COUNTS dtype's values: (unsigned view dtype, largest valid value).
+
+    For :func:`counts_valid`; None for u8/u16, whose every value is valid.
+    """
+    return _COUNT_LIMITS.get(dtype)
+
+
+def counts_valid(counts: npt.NDArray[Any], limit: tuple[np.dtype[Any], int]) -> bool:
+    """Fast check (one reduction) that every count is finite and in [0, MAX_COUNT].
+
+    It may refuse a frame holding ``-0.0``; :func:`bad_count` gives the exact answer.
+    """
+    return counts.size == 0 or int(counts.view(limit[0]).max()) <= limit[1]
+
+
+def bad_count(counts: npt.NDArray[Any]) -> tuple[int, str] | None:
+    """The first unit whose count breaks the value rules and what it is, or None if all are valid."""
+    flat = counts.reshape(-1)
+    if flat.dtype.kind == "f":
+        bad = ~np.isfinite(flat) | (flat < 0) | (flat > MAX_COUNT)
+    else:
+        bad = (flat < 0) | (flat > MAX_COUNT)
+    idx = np.flatnonzero(bad)
+    if not idx.size:
+        return None
+    i = int(idx[0])
+    v = flat[i].item()
+    return i, (repr(v) if not isinstance(v, float) or not math.isfinite(v) else f"{v:g}")
 
 
 def payload_json(header: Header, payload: bytes | memoryview) -> dict[str, Any]:

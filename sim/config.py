@@ -1,7 +1,7 @@
 """Parameters of one simulated mouse: task timing, bilateral ALM model, spiking layer, light, drift.
 
 This module owns :class:`MouseConfig`, the single validated boundary of the simulator. Every
-number has its unit in its name and its source in a comment (science.md section and tag). The
+number has its unit in its name and its source in a comment (docs/simulator.md states them all). The
 model code downstream trusts these values and never re-validates them. It must not import
 sockets, clocks or anything of ``rig``: it is pure configuration.
 """
@@ -15,22 +15,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-RNN_DT_S = 0.025  #: step of the §5.B RNN (sim/rnn.py DT_S; repeated here so config imports nothing)
+RNN_DT_S = 0.025  #: step of the authors' RNN (sim/rnn.py DT_S; repeated here so config imports nothing)
 
 
 class MouseConfig(BaseModel):
     """One simulated mouse (and session day). Units are in the field names.
 
-    Defaults reproduce the §5.A/§5.D tables of science.md (a μ = 0.6 mouse, ≈ 0.81 correct).
+    Defaults reproduce the outcome table of docs/simulator.md (a μ = 0.6 mouse, ≈ 0.81 correct).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # -- bilateral ALM, reduced model (science.md §5.A, [D, sim]) -----------------------------
-    #: "reduced": the latent model of §5.A + the Poisson layer of §5.C; "spiking": ALM activity and
+    # -- bilateral ALM, reduced model (docs/simulator.md) -----------------------------------------
+    #: "reduced": the latent model + Poisson layer of docs/simulator.md; "spiking": ALM activity and
     #: choice from the spiking bilateral network of sim/spiking_alm.py (docs/spiking.md); "rnn": the
-    #: authors' trained two-hemisphere RNN of §5.B (sim/rnn.py, docs/simulator-rnn.md) in place of
-    #: the §5.A latents, 25-ms steps (model_dt_s defaults to 0.025 for it)
+    #: authors' trained two-hemisphere RNN (sim/rnn.py, docs/simulator-rnn.md) in place of
+    #: the reduced latents, 25-ms steps (model_dt_s defaults to 0.025 for it)
     model: Literal["reduced", "spiking", "rnn"] = "reduced"
     backend: Literal["cpu", "lava"] = "cpu"  #: spiking model only: numba CPU or the Lava sidecar
     mu_left: float = Field(default=0.6, ge=0.0, le=1.0, description="modularity μ_L: w = μW, J = (1-μ)W")
@@ -38,41 +38,41 @@ class MouseConfig(BaseModel):
     callosotomy: bool = False  #: J_h = 0 (Li 2016 ED Fig. 10 callosotomy)
     sensory_gain_left: float = Field(default=1.0, ge=0.0, le=5.0)  #: s_L, asymmetry knob
     sensory_gain_right: float = Field(default=1.0, ge=0.0, le=5.0)  #: s_R
-    tau_s: float = Field(default=0.10, gt=0.0, le=2.0)  #: τ, recovery t90 ≈ 0.2 s [sim]
+    tau_s: float = Field(default=0.10, gt=0.0, le=2.0)  #: τ, recovery t90 ≈ 0.2 s (simulated)
     recurrence_w: float = Field(default=1.6, gt=0.0, le=10.0)  #: W, bistable from early delay
     gain_g0: float = Field(default=0.5, ge=0.0, le=10.0)  #: G0 before sample onset
     gain_g1: float = Field(default=2.2, ge=0.0, le=10.0)  #: G1 at the go cue
     noise_sigma: float = Field(default=0.12, ge=0.0, le=5.0)  #: σ, private noise per hemisphere
     sensory_amp: float = Field(default=0.6, ge=0.0, le=10.0)  #: A_s
     sensory_noise_sigma: float = Field(default=1.1, ge=0.0, le=10.0)  #: σ_s, shared per trial
-    eps_max: float = Field(default=0.9, ge=0.0, le=1.0)  #: cap of latent silencing (§5.A table)
+    eps_max: float = Field(default=0.9, ge=0.0, le=1.0)  #: cap of latent silencing (docs/simulator.md)
     #: model="rnn" only: weights file (.npz of sim/rnn.py); None = the shipped modular network
     rnn_weights: str | None = None
 
-    # -- behaviour readout (science.md §5.D) ---------------------------------------------------
+    # -- behaviour readout (docs/simulator.md) -----------------------------------------------------
     readout_kappa: float = Field(default=3.0, ge=0.0)  #: κ, non-selective output → contralateral licking
     readout_sigma: float = Field(default=0.8, ge=0.0)  #: σ_D
     readout_window_s: float = Field(default=0.3, gt=0.0, le=1.7)  #: last 300 ms of the delay
     lapse: float = Field(default=0.02, ge=0.0, le=1.0)  #: P(choice replaced by a fair coin)
-    rt_offset_s: float = Field(default=0.073, ge=0.0, le=1.0)  #: shifted gamma, YANG22 tertiles
+    rt_offset_s: float = Field(default=0.073, ge=0.0, le=1.0)  #: shifted gamma, Yang et al. 2022 tertiles
     rt_shape: float = Field(default=1.25, gt=0.0)
     rt_scale_s: float = Field(default=0.0397, gt=0.0)
     early_lick_prob: float = Field(default=0.02, ge=0.0, le=1.0)  #: P(trial aborted by an early lick)
     ignore_prob: float = Field(default=0.0, ge=0.0, le=1.0)  #: P(no lick in the response window)
 
-    # -- task timing (science.md §1.1) ---------------------------------------------------------
+    # -- task timing (docs/simulator.md; Yang et al., Nat Neurosci 2022) ---------------------------
     presample_s: float = Field(default=0.5, ge=0.0, le=10.0)
     sample_s: float = Field(default=1.3, gt=0.0, le=10.0)
     delay_s: float = Field(default=1.7, gt=0.0, le=10.0)
     go_cue_s: float = Field(default=0.1, gt=0.0, le=1.0)
     response_window_s: float = Field(default=1.5, gt=0.0, le=10.0)
     reward_consumption_s: float = Field(default=1.0, ge=0.0, le=10.0)  #: after a hit, before trial end
-    error_timeout_s: float = Field(default=2.0, ge=0.0, le=10.0)  #: YANG22 2–6 s; short default [D]
+    error_timeout_s: float = Field(default=2.0, ge=0.0, le=10.0)  #: 2–6 s in Yang et al. 2022; short default
     early_lick_alarm_s: float = Field(default=0.05, ge=0.0, le=1.0)
     early_lick_timeout_s: tuple[float, float] = (1.0, 1.2)
-    iti_s: tuple[float, float] = (3.0, 5.0)  #: uniform range, [D] science.md §1.1
+    iti_s: tuple[float, float] = (3.0, 5.0)  #: uniform range (not reported; a design default)
 
-    # -- spiking layer (science.md §5.C) -------------------------------------------------------
+    # -- spiking layer (docs/simulator.md) ---------------------------------------------------------
     units_per_hemisphere: int = Field(default=40, ge=1, le=20_000)
     fs_fraction: float = Field(default=0.08, ge=0.0, le=0.5)  #: fast-spiking units, light-excited
     stim_fraction: float = Field(default=0.15, ge=0.0, le=1.0)  #: stimulus-coding minority (δ ≠ 0)
@@ -88,23 +88,23 @@ class MouseConfig(BaseModel):
     shared_gain_sd: float = Field(default=0.1, ge=0.0, le=2.0)  #: per trial, per hemisphere log-gain
     fs_light_gain: tuple[float, float] = (2.0, 4.0)  #: FS rate × (2–4) in light
 
-    # -- photoinhibition physiology (science.md §3.2) ------------------------------------------
+    # -- photoinhibition physiology (docs/simulator.md "Light"; Li et al., eLife 2019) ----------
     p50_mw: float = Field(default=0.3, gt=0.0)  #: Hill fit: ε(P) = P^n/(P^n + P50^n)
     hill_n: float = Field(default=2.71, gt=0.0)
     light_sigma_mm: float = Field(default=0.88, gt=0.0)  #: g(d) = exp(-d²/2σ²)
     silencing_latency_s: float = Field(default=0.015, ge=0.0, le=0.2)  #: pyramidal silencing onset
     rebound_max: float = Field(default=0.5, ge=0.0, le=2.0)  #: ρ at or above the reference dose
-    rebound_ref_dose_mj: float = Field(default=7.0, gt=0.0)  #: 7 mW × 1 s (LI19 Fig. 12)
+    rebound_ref_dose_mj: float = Field(default=7.0, gt=0.0)  #: 7 mW × 1 s (Li et al., eLife 2019, Fig. 12)
     rebound_tau_s: float = Field(default=0.2, gt=0.0)
     max_power_mw: float = Field(default=10.0, gt=0.0)  #: the rig refuses (INVALID) above this
-    max_light_s: float = Field(default=5.0, gt=0.0)  #: the rig refuses longer commands
+    max_light_s: float = Field(default=1.3, gt=0.0)  #: the rig refuses longer commands (ramp included)
     watchdog_s: float = Field(default=0.5, gt=0.0)  #: no rigd heartbeat for this long → light off
 
     # -- time grid -----------------------------------------------------------------------------
     bin_s: float = Field(default=0.001, gt=0.0, le=1.0)  #: live spike-count bin
     model_dt_s: float = Field(default=0.005, gt=0.0, le=0.1)  #: Euler step of the latent model
 
-    # -- drift across sessions (science.md §5.E) -----------------------------------------------
+    # -- drift across sessions (docs/simulator.md) -------------------------------------------------
     day: int = Field(default=0, ge=0, le=10_000)
     tau_drift_days: float = Field(default=11.0, gt=0.0)
 
@@ -121,7 +121,7 @@ class MouseConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _rnn_step(cls, data: Any) -> Any:
-        """model="rnn" steps every 25 ms (science.md §5.B): the default model_dt_s for it."""
+        """model="rnn" steps every 25 ms (docs/simulator-rnn.md): the default model_dt_s for it."""
         if isinstance(data, dict) and data.get("model") == "rnn" and "model_dt_s" not in data:
             return {**data, "model_dt_s": RNN_DT_S}
         return data
@@ -140,10 +140,10 @@ class MouseConfig(BaseModel):
     @model_validator(mode="after")
     def _rnn(self) -> MouseConfig:
         if self.model == "rnn":
-            # the network was trained on the §5.B clock: 25-ms steps, 1.3-s sample, 1.7-s delay,
+            # the network was trained on the authors' clock: 25-ms steps, 1.3-s sample, 1.7-s delay,
             # and it starts 0.1 s before the sample
             if abs(self.model_dt_s - RNN_DT_S) > 1e-9:
-                raise ValueError(f"model='rnn' steps the §5.B network every 25 ms: model_dt_s must be "
+                raise ValueError(f"model='rnn' steps the network every 25 ms: model_dt_s must be "
                                  f"{RNN_DT_S}, got {self.model_dt_s}")
             if abs(self.sample_s - 1.3) > 1e-9 or abs(self.delay_s - 1.7) > 1e-9:
                 raise ValueError(f"model='rnn': the network was trained with a 1.3-s sample and a 1.7-s delay, "

@@ -1,12 +1,14 @@
 """The simulated mouse: delay task, bilateral ALM, spiking units and the rig's light, one bin at a time.
 
 This module owns :class:`SimulatedMouse`, the object the live rig process paces and that in-process
-dry runs step directly. It runs the task state machine of science.md §1.1 (pre-sample, sample,
+dry runs step directly. It runs the task state machine of docs/simulator.md (pre-sample, sample,
 delay, go cue, response window, reward / error timeout / early-lick abort, inter-trial interval),
-the §5.A latent model through :func:`sim.alm.step` with a batch of one (the same code the offline
-generator vectorises) — or, with ``MouseConfig(model="rnn")``, the §5.B two-hemisphere RNN through
-:func:`sim.rnn.step` every 25 ms, its readout logits playing the latents' role — the §5.D readout,
-the §5.C spiking layer and the rig-side light source with its watchdog. Time is the mouse's own
+the reduced latent model through :func:`sim.alm.step` with a batch of one (the same code the offline
+generator vectorises) — or, with ``MouseConfig(model="rnn")``, the authors' two-hemisphere RNN through
+:func:`sim.rnn.step` every 25 ms, its readout logits playing the latents' role — the behaviour readout,
+the spiking layer and the rig's light source. Whether a light command is obeyed (deadline,
+the rig's light limits) and the watchdog on rigd's heartbeat are :class:`rig.client.LightGuard`'s,
+exactly the guard a lab rig runs; the mouse keeps the physiology. Time is the mouse's own
 rig clock in integer nanoseconds, starting at 0 and advanced only by :meth:`SimulatedMouse.step`;
 the mouse never reads a wall clock and never touches a socket (the live process maps its clock
 onto ``time.monotonic_ns``).
@@ -24,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rig import wire
+from rig.client import LightGuard, RigLightLimits
 from sim import alm, behaviour, light, rnn
 from sim.config import MouseConfig
 from sim.drift import units_for_day
@@ -33,7 +36,7 @@ _NS = 1_000_000_000
 _TRIAL_STREAM = 21
 _SPIKE_STREAM = 22
 _SIDE = {1: "right", -1: "left"}
-#: Licks while drinking after a hit: a few at ≈ 7 Hz (mouse licking rhythm) [D].
+#: Licks while drinking after a hit: a few at ≈ 7 Hz (mouse licking rhythm).
 _CONSUMPTION_LICKS = 3
 _LICK_INTERVAL_S = 0.14
 
@@ -56,7 +59,7 @@ class BinOutput:
 
     ``counts`` may be a buffer reused by the next :meth:`SimulatedMouse.step`; each event is
     ``(name, fields)`` with ``fields["trial"]`` and ``fields["t_rig_ns"]`` (when it happened, on
-    the mouse's clock) plus the contract fields of docs/CONTRACTS.md.
+    the mouse's clock) plus the fields of docs/wire-protocol.md.
     """
 
     t_rig_ns: int
@@ -64,17 +67,26 @@ class BinOutput:
     events: list[Event] = field(default_factory=list)
 
 
+def rig_light_limits(c: MouseConfig) -> RigLightLimits:
+    """The simulated rig's light limits: the config's power and duration maxima, its 4 + 4 spots."""
+    return RigLightLimits(max_power_mw_per_spot=c.max_power_mw, max_duration_s=c.max_light_s,
+                          n_spots_left=light.SPOTS_PER_HEMISPHERE, n_spots_right=light.SPOTS_PER_HEMISPHERE)
+
+
 class SimulatedMouse:
-    """A head-fixed mouse doing the delay task with a bilateral ALM population (science.md §1, §5).
+    """A head-fixed mouse doing the delay task with a bilateral ALM population (docs/simulator.md).
 
     Args:
         config: the mouse (modularity, timing, units, light physiology, day of drift…).
         seed: the mouse's identity: its units (and their drift across days) and its trials.
         session: an independent session of trials of the same mouse on the same day.
+        guard: the rig's light guard (default: :func:`rig_light_limits` and ``watchdog_s`` of the
+            config, on the mouse's clock); the live rig process passes its client's.
 
     """
 
-    def __init__(self, config: MouseConfig, seed: int, *, session: int = 0) -> None:
+    def __init__(self, config: MouseConfig, seed: int, *, session: int = 0,
+                 guard: LightGuard | None = None) -> None:
         c = config
         self.config = c
         self.seed = seed
@@ -90,7 +102,6 @@ class SimulatedMouse:
         self.step_ns = round(c.model_dt_s * _NS)
         self._bins_per_step = c.bins_per_step
         self._latency_ns = round(c.silencing_latency_s * _NS)
-        self._watchdog_ns = round(c.watchdog_s * _NS)
         self.t_rig_ns = 0
         self._bin = 0
         # latent state (batch of one)
@@ -101,7 +112,7 @@ class SimulatedMouse:
         self._log_gain = np.zeros((1, 2))
         self._acc = np.zeros(2)  # readout sums of x_L, x_R
         self._acc_eps = np.zeros(2)
-        # §5.B RNN (model="rnn"): its state, batch of one; the latents above are its readout logits
+        # the authors' RNN (model="rnn"): its state, batch of one; the latents above are its readout logits
         self._rnn: rnn.RNNWeights | None = None
         self._h = np.zeros((1, rnn.N_NEURONS))
         self._rnn_stim = (0.0, 0.0, 0.0, 0.0)
@@ -132,15 +143,15 @@ class SimulatedMouse:
         self._rebound_rho = np.zeros(2)
         self._rebound_t_off_ns = np.zeros(2, dtype=np.int64)
         self._rebound = np.ones(2)
-        self.last_rigd_heartbeat_ns = 0
-        self.watchdog_trips = 0
+        self.guard = guard or LightGuard(rig_light_limits(c), watchdog_s=c.watchdog_s,
+                                         clock_ns=lambda: self.t_rig_ns)
         self._model_update(0, start=True)
 
     # -- public ---------------------------------------------------------------------------------
 
     @property
     def description(self) -> dict[str, Any]:
-        """The rig description carried by every heartbeat (docs/CONTRACTS.md)."""
+        """The rig description carried by every heartbeat (docs/wire-protocol.md)."""
         c = self.config
         n_l = int(np.sum(self.units.hemisphere == 0))
         return {"rig": "sim", "n_units": self.units.n, "units_left": n_l,
@@ -157,9 +168,9 @@ class SimulatedMouse:
 
     @property
     def latent(self) -> tuple[float, float]:
-        """The current latent choice coordinates (x_L, x_R) of §5.A (x > 0 ≙ lick-right state).
+        """The current latent choice coordinates (x_L, x_R) of the reduced model (x > 0 ≙ lick-right state).
 
-        With ``model="rnn"`` these are the §5.B network's readout logits (z_L, z_R).
+        With ``model="rnn"`` these are the RNN's readout logits (z_L, z_R).
 
         Read-only view for rehearsals and analyses (the "ideal decoder" of a dry run, per-trial
         light-window summaries for the modularity probe); reading it draws no random numbers.
@@ -190,36 +201,24 @@ class SimulatedMouse:
         return BinOutput(t1, counts, events)
 
     def apply_light(self, cmd: wire.LightCommandFields, t_rig_ns: int) -> tuple[wire.AckStatus, int]:
-        """Obey a light command received at ``t_rig_ns`` (mouse clock).
+        """Obey a light command received at ``t_rig_ns`` (mouse clock), as the rig's guard decides.
 
         Returns the acknowledgement status and the rig time at which the light changes (0 when it
-        does not). A command past its ``deadline_rig_ns`` (non-zero) is LATE and not executed; one
-        with spots, power, duration or ramp outside the rig's limits is INVALID. START begins at
-        once or at ``t_start_rig_ns`` if later; RAMP_DOWN and ALL_OFF are acknowledged STOPPED.
-        Pyramidal silencing follows the light ~15 ms later (physiology, not the light).
+        does not): :meth:`rig.client.LightGuard.admit` says LATE (past its deadline) or INVALID
+        (outside the rig's limits), both not executed; START begins at once or at
+        ``t_start_rig_ns`` if later; RAMP_DOWN and ALL_OFF are acknowledged STOPPED. Pyramidal
+        silencing follows the light ~15 ms later (physiology, not the light).
         """
+        verdict = self.guard.admit(cmd, t_rig_ns)
+        if verdict.status == wire.AckStatus.STOPPED:
+            if cmd.action == wire.LightAction.ALL_OFF:
+                self.light.off(t_rig_ns)
+            else:
+                self.light.ramp_down(t_rig_ns, round(cmd.ramp_down_s * _NS))
+        if verdict.status != wire.AckStatus.APPLIED:
+            return verdict.status, verdict.t_light_change_ns
         c = self.config
-        if cmd.deadline_rig_ns and t_rig_ns > cmd.deadline_rig_ns:
-            return wire.AckStatus.LATE, 0
-        if cmd.action == wire.LightAction.ALL_OFF:
-            self.light.off(t_rig_ns)
-            return wire.AckStatus.STOPPED, t_rig_ns
-        if cmd.action == wire.LightAction.RAMP_DOWN:
-            ramp = cmd.ramp_down_s
-            if not (math.isfinite(ramp) and 0.0 <= ramp <= c.max_light_s):
-                return wire.AckStatus.INVALID, 0
-            self.light.ramp_down(t_rig_ns, round(ramp * _NS))
-            return wire.AckStatus.STOPPED, t_rig_ns
-        full = (1 << light.SPOTS_PER_HEMISPHERE) - 1
-        ok = (0 <= cmd.spots_left <= full and 0 <= cmd.spots_right <= full
-              and (cmd.spots_left or cmd.spots_right)
-              and math.isfinite(cmd.power_mw_per_spot) and 0.0 < cmd.power_mw_per_spot <= c.max_power_mw
-              and math.isfinite(cmd.duration_s) and 0.0 < cmd.duration_s <= c.max_light_s
-              and math.isfinite(cmd.ramp_down_s) and 0.0 <= cmd.ramp_down_s <= cmd.duration_s
-              and math.isfinite(cmd.freq_hz) and cmd.freq_hz >= 0.0)
-        if not ok:
-            return wire.AckStatus.INVALID, 0
-        t_on = max(t_rig_ns, cmd.t_start_rig_ns)
+        t_on = verdict.t_light_change_ns
         dur = round(cmd.duration_s * _NS)
         ramp = round(cmd.ramp_down_s * _NS)
         key = (float(cmd.power_mw_per_spot), cmd.spots_left, cmd.spots_right)
@@ -241,25 +240,26 @@ class SimulatedMouse:
         return wire.AckStatus.APPLIED, t_on
 
     def note_rigd_heartbeat(self, t_rig_ns: int) -> None:
-        """Rigd's heartbeat arrived at ``t_rig_ns`` (mouse clock): feeds the watchdog."""
-        self.last_rigd_heartbeat_ns = max(self.last_rigd_heartbeat_ns, t_rig_ns)
+        """Rigd's heartbeat arrived at ``t_rig_ns`` (mouse clock): feeds the guard's watchdog."""
+        self.guard.note_rigd_heartbeat(t_rig_ns)
 
     def watchdog(self, t_rig_ns: int) -> wire.LightCommandFields | None:
-        """Rig-side watchdog: light off if rigd's heartbeat has been silent for ``watchdog_s``.
+        """The guard's watchdog: light off if rigd's heartbeat has been silent for ``watchdog_s``.
 
         Returns the command whose light was switched off (acknowledge it WATCHDOG_OFF), else None.
         """
-        if not self.light.is_on(t_rig_ns):
-            return None
-        if t_rig_ns - self.last_rigd_heartbeat_ns <= self._watchdog_ns:
+        cmd = self.guard.check(t_rig_ns)
+        if cmd is None:
             return None
         self.light.off(t_rig_ns)
-        self.watchdog_trips += 1
         if self._cur:
             self._cur["watchdog_off"] = True
-        return self.active_command or wire.LightCommandFields(
-            0, 0, 0, 0, 0, 0, max(self.trial, 0), wire.LightAction.ALL_OFF, wire.Waveform.CONSTANT,
-            0, 0, 0.0, 0.0, 0.0, 0.0)
+        return cmd
+
+    @property
+    def watchdog_trips(self) -> int:
+        """How often the watchdog turned the light off."""
+        return self.guard.trips
 
     def light_on(self) -> bool:
         """Return True while the light is (or is scheduled to be) on."""
@@ -320,7 +320,7 @@ class SimulatedMouse:
             self._decided = True
 
     def _decide(self, t_go: int) -> None:
-        """At the go cue: the §5.D readout picks a side, a reaction time and the outcome."""
+        """At the go cue: the behaviour readout picks a side, a reaction time and the outcome."""
         c, rng = self.config, self._rng
         self._decided = True
         self.phase = Phase.RESPONSE
@@ -398,7 +398,7 @@ class SimulatedMouse:
         eff = self._eff
         eps_l = eps_r = 0.0
         if eff is not None:
-            # the RNN's ε is the uncapped dose-response (ε = 1 is §5.B's h = 0; eps_max is §5.A's cap)
+            # the RNN's ε is the uncapped dose-response (ε = 1 is the authors' h = 0; eps_max caps the reduced model)
             hemi = eff.hemisphere if self._rnn is None else np.minimum(eff.hemisphere_uncapped, 1.0)
             eps_l = float(hemi[0] * self._lvl_del[0])
             eps_r = float(hemi[1] * self._lvl_del[1])
@@ -423,7 +423,7 @@ class SimulatedMouse:
                      eps_right=eps_r, noise_left=noise[0:1], noise_right=noise[1:2])
 
     def _advance_rnn(self, w: rnn.RNNWeights, t_s: float, eps_l: float, eps_r: float) -> None:
-        """One 25-ms step of the §5.B RNN; its state is the one at t_s + 25 ms (sim.rnn's grid).
+        """One 25-ms step of the authors' RNN; its state is the one at t_s + 25 ms (sim.rnn's grid).
 
         The network runs from −3.1 s (the state at t_k = −3.1 s is its first step) through the go
         cue and the response; between trials and before −3.1 s it rests at h = 0. The draws are
@@ -448,7 +448,7 @@ class SimulatedMouse:
         self._x_l[0], self._x_r[0] = float(z_l[0]), float(z_r[0])
 
     def _set_rates(self, t_s: float, in_trial: bool) -> None:
-        """Set the Poisson layer's means for the bins of this model step (§5.C)."""
+        """Set the Poisson layer's means for the bins of this model step."""
         eff = self._eff
         mult = self._rates.light_multiplier(None if eff is None else eff.unit, self._lvl_del,
                                             self._lvl_now, self._rebound)

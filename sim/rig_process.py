@@ -3,11 +3,22 @@ r"""The simulated rig as its own process: paces a :class:`~sim.mouse.SimulatedMo
 This module owns the clock of the simulated rig. It maps the mouse's clock (0 at start) onto
 ``time.monotonic_ns``, sleeps until each bin's end (busy-waiting the last ~200 µs), publishes one
 SPIKE_COUNTS message per bin, the trial events and heartbeats (≥ 2 Hz, with the rig description and
-its own timing slip), obeys light commands and acknowledges them, and runs the rig-side watchdog
-(no rigd heartbeat for 0.5 s → light off, ack WATCHDOG_OFF). It talks to rigd only through
-:class:`rig.client.RigClient`, exactly as a lab rig would, and imports nothing else of ``rig``
-except the wire types. It stops after ``--trials``/``--duration`` or on SIGTERM/SIGINT, sends a
-final heartbeat with ``"state": "stopped"``, closes its sockets and prints one JSON summary line.
+its own timing slip), obeys light commands and acknowledges them. Its safety is the client's
+:class:`rig.client.LightGuard`, the one every rig runs (the mouse admits each command through it):
+deadline and light limits per command, and the watchdog on rigd's heartbeat (silent for 0.5 s →
+light off, ack WATCHDOG_OFF). It talks to rigd only through :class:`rig.client.RigClient`, exactly
+as a lab rig would, and imports nothing else of ``rig`` except the wire types. It stops after
+``--trials``/``--duration``, on SIGTERM/SIGINT, or when rigd is lost (its heartbeat silent for
+``--rigd-lost-s`` after the handshake: light off, exit code 4), sends a final heartbeat with
+``"state": "stopped"``, closes its sockets and prints one JSON summary line with ``stop_reason``.
+
+``--log FILE`` writes the rig's safety-relevant events as JSON lines, each flushed as written and
+stamped ``t_ns`` with the rig process's monotonic clock (the clock of ``t_rig_ns`` on the wire when
+paced): ``connected``, ``light_on`` (command applied: ``t_on_ns``, ``t_off_ns``), ``light_refused``
+(LATE/INVALID and why), ``light_stop`` (RAMP_DOWN/ALL_OFF obeyed), ``light_off`` (the light went
+dark: ``t_off_ns``), ``watchdog_off`` (with ``rigd_silent_s``, the age of rigd's last heartbeat),
+``rigd_lost``, ``frames`` (every 100 ms and at the end: ``seq`` and ``t_rig_ns`` of the last
+SPIKE_COUNTS frame sent) and ``stopped`` (with the reason).
 
 With ``--model spiking`` the mouse is a :class:`~sim.spiking_mouse.SpikingMouse` (ALM spikes and
 choice from the spiking network on ``--backend cpu|lava``). Such a world may compute slower than
@@ -23,7 +34,7 @@ Usage::
     python -m sim.rig_process --ingest tcp://127.0.0.1:5555 --command tcp://127.0.0.1:5556 \\
         --rig-id 1 --seed 7 [--trials N] [--duration S] [--mu-left 0.6] [--mu-right 0.6] \\
         [--units-per-hemisphere 40] [--day 0] [--bin-ms 1] [--config mouse.json] [--no-pace] \\
-        [--model reduced|spiking|rnn] [--backend cpu|lava]
+        [--model reduced|spiking|rnn] [--backend cpu|lava] [--rigd-lost-s 3] [--log rig.jsonl]
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -46,9 +57,38 @@ from sim.config import MouseConfig
 from sim.mouse import SimulatedMouse
 
 _NS = 1_000_000_000
-HEARTBEAT_PERIOD_S = 0.25  #: 4 Hz, twice the 2 Hz floor of docs/CONTRACTS.md
+HEARTBEAT_PERIOD_S = 0.25  #: 4 Hz, twice the 2 Hz floor of docs/wire-protocol.md
 _HIST_US = 10  #: slip histogram resolution (µs)
 _HIST_BINS = 20_000  #: up to 200 ms; larger slips land in the last bin
+FRAMES_LOG_PERIOD_S = 0.1  #: how often ``--log`` records the last frame sent
+EXIT_RIGD_LOST = 4  #: exit code when rigd's heartbeat stopped
+
+
+class RigLog:
+    """``--log``: the rig's safety events as JSON lines, flushed per line, on the rig's monotonic clock."""
+
+    def __init__(self, path: str | None) -> None:
+        self._f: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self.write_errors = 0  #: lines that could not be written (e.g. a full disk)
+
+    def write(self, event: str, **fields: Any) -> None:
+        """Append one event stamped ``t_ns`` (``time.monotonic_ns``) and flush it."""
+        if self._f is None:
+            return
+        try:
+            self._f.write(json.dumps({"event": event, "t_ns": time.monotonic_ns(), **fields}) + "\n")
+            self._f.flush()
+        except OSError:  # a full disk must not stop the rig: the log is a record, not the light's path
+            self.write_errors += 1
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError:
+                self.write_errors += 1
+            self._f = None
 
 
 class SlipStats:
@@ -95,12 +135,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--iti-s", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
     ap.add_argument("--config", default=None, help="JSON file of MouseConfig fields")
     ap.add_argument("--model", choices=("reduced", "spiking", "rnn"), default=None,
-                    help="ALM model: the reduced latent model (default), the spiking network or the §5.B RNN")
+                    help="ALM model: the reduced latent model (default), the spiking network or the authors' RNN")
     ap.add_argument("--backend", choices=("cpu", "lava"), default=None,
                     help="spiking model's backend: numba CPU (default) or the Lava sidecar")
     ap.add_argument("--no-pace", action="store_true", help="run as fast as possible (no wall pacing)")
     ap.add_argument("--spin-us", type=float, default=200.0, help="busy-wait this long before a deadline")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
+    ap.add_argument("--rigd-lost-s", type=float, default=3.0,
+                    help="after the handshake, stop (exit 4, light off) when rigd's heartbeat is silent this long")
+    ap.add_argument("--log", default=None, metavar="FILE",
+                    help="append the rig's safety events (light on/off, watchdog, rigd lost, frames) as JSON lines")
     ap.add_argument("--realtime", action="store_true",
                     help="ask for SCHED_FIFO priority (as a rig's acquisition loop would); "
                          "falls back to normal scheduling without the privilege")
@@ -130,7 +174,8 @@ class RigProcess:
 
     def __init__(self, mouse: SimulatedMouse, client: RigClient, *, pace: bool = True,
                  spin_ns: int = 200_000, max_trials: int | None = None,
-                 max_duration_s: float | None = None, own_clock: bool = False) -> None:
+                 max_duration_s: float | None = None, own_clock: bool = False,
+                 rigd_lost_s: float = 3.0, log: RigLog | None = None) -> None:
         self.mouse = mouse
         #: run on the mouse's own clock: a bin computed after its wall deadline delays the clock
         #: (``lag_ns``) instead of being dropped; heartbeats then report the slowdown
@@ -150,6 +195,12 @@ class RigProcess:
         self.commands = 0
         self.trials_done = 0
         self.bins = 0
+        self.rigd_lost_ns = round(rigd_lost_s * _NS)
+        self.log = log or RigLog(None)
+        self.stop_reason = ""
+        self._rigd_wall_ns = 0  #: when rigd's latest heartbeat arrived (wall clock)
+        self._last_frame = (-1, 0)  #: seq and t_rig_ns of the last SPIKE_COUNTS sent
+        self._lit = False
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Signal handler: finish the current bin and stop cleanly."""
@@ -216,6 +267,31 @@ class RigProcess:
                 t_start_rig_ns=max(cmd.t_start_rig_ns - self.t0, 0) if cmd.t_start_rig_ns else 0)
             status, t_change = m.apply_light(local, t_recv)
             self._ack(cmd, status, t_recv, t_change)
+            ids = {"command_id": cmd.command_id, "trial": cmd.trial, "t_received_ns": t_recv + self.t0}
+            if status == wire.AckStatus.APPLIED:
+                self.log.write("light_on", **ids, t_on_ns=t_change + self.t0,
+                               t_off_ns=t_change + self.t0 + round(cmd.duration_s * _NS),
+                               duration_s=cmd.duration_s, power_mw_per_spot=cmd.power_mw_per_spot,
+                               spots_left=cmd.spots_left, spots_right=cmd.spots_right)
+            elif status == wire.AckStatus.STOPPED:
+                self.log.write("light_stop", **ids, action=cmd.action.name, ramp_down_s=cmd.ramp_down_s)
+            else:
+                verdict = m.guard.last_admission
+                self.log.write("light_refused", **ids, status=status.name,
+                               reason=verdict.reason if verdict is not None else "")
+
+    def _log_frames(self) -> None:
+        seq, t = self._last_frame
+        self.log.write("frames", seq=seq, t_rig_ns=t, bins=self.bins)
+
+    def _note_light(self) -> None:
+        """Log the moment the light goes dark (end of its command, ramp, ALL_OFF, watchdog)."""
+        m = self.mouse
+        lit = m.light_on()
+        if self._lit and not lit:
+            self.log.write("light_off", t_off_ns=m.light.t_off_ns + self.t0,
+                           command_id=m.active_command.command_id if m.active_command else 0)
+        self._lit = lit
 
     def run(self) -> dict[str, Any]:
         """Connect, run until a stop condition, say goodbye; return the summary."""
@@ -223,7 +299,12 @@ class RigProcess:
         client.connect()
         self.t0 = time.monotonic_ns()
         self._hb_wall_ns = self.t0
+        self._rigd_wall_ns = self.t0
         m.note_rigd_heartbeat(0)
+        m.guard.clock_ns = self._now_rig  # heartbeats polled from now on are stamped on the rig clock
+        self.log.write("connected", rig_id=client.rig_id, t0_ns=self.t0, **client.identity,
+                       watchdog_s=m.guard.watchdog_ns / _NS, rigd_lost_s=self.rigd_lost_ns / _NS)
+        next_frames_log = self.t0
         next_hb = 0
         hb_ns = round(HEARTBEAT_PERIOD_S * _NS)
         next_hb_wall = self.t0 + hb_ns
@@ -240,7 +321,8 @@ class RigProcess:
                 else:
                     now = self._wait_until(due)
                 self.slip.add(now - due)
-            client.send_counts(out.counts, t_rig_ns=self.t0 + out.t_rig_ns)
+            seq = client.send_counts(out.counts, t_rig_ns=self.t0 + out.t_rig_ns)
+            self._last_frame = (seq, self.t0 + out.t_rig_ns)
             self.bins += 1
             for name, fields in out.events:
                 f = _shift_fields(fields, self.t0)
@@ -249,27 +331,50 @@ class RigProcess:
                 client.send_event(name, trial, t_rig_ns=t_ev, **f)
                 if name == "trial_end":
                     self.trials_done += 1
-            rec = client.poll(0)
+            rec = client.poll(0)  # feeds the guard's watchdog with rigd's heartbeats
+            wall_ns = time.monotonic_ns()
             if rec.heartbeats:
-                m.note_rigd_heartbeat(self._now_rig())
+                self._rigd_wall_ns = wall_ns
             if rec.commands:
                 self._handle_commands(rec.commands)
             t_now = self._now_rig()
             off = m.watchdog(t_now)
             if off is not None:
                 self._ack(off, wire.AckStatus.WATCHDOG_OFF, t_now, t_now)
+                last = m.guard.last_rigd_heartbeat_ns
+                self.log.write("watchdog_off", command_id=off.command_id, trial=off.trial,
+                               t_off_ns=t_now + self.t0, rigd_silent_s=m.guard.last_trip_silence_ns / _NS,
+                               last_rigd_heartbeat_ns=None if last is None else last + self.t0)
+            self._note_light()
+            if wall_ns >= next_frames_log:
+                self._log_frames()
+                next_frames_log = wall_ns + round(FRAMES_LOG_PERIOD_S * _NS)
+            if wall_ns - self._rigd_wall_ns > self.rigd_lost_ns:
+                self.stop_reason = "rigd_lost"
+                self.log.write("rigd_lost", rigd_silent_s=(wall_ns - self._rigd_wall_ns) / _NS,
+                               last_rigd_heartbeat_ns=self._rigd_wall_ns)
+                break
             if out.t_rig_ns >= next_hb or (self.own_clock and time.monotonic_ns() >= next_hb_wall):
-                # a slowed world still heartbeats ≥ 4 Hz in wall time (docs/CONTRACTS.md's floor)
+                # a slowed world still heartbeats ≥ 4 Hz in wall time (docs/wire-protocol.md's floor)
                 self._heartbeat("running")
                 next_hb = out.t_rig_ns + hb_ns
                 next_hb_wall = time.monotonic_ns() + hb_ns
             if self.max_trials is not None and self.trials_done >= self.max_trials:
+                self.stop_reason = "trials"
                 break
             if self.max_duration_ns is not None and out.t_rig_ns >= self.max_duration_ns:
+                self.stop_reason = "duration"
                 break
-        if m.light_on():
-            m.light.off(m.t_rig_ns)
+        if self.stop_requested and not self.stop_reason:
+            self.stop_reason = "signal"
+        if m.light_on():  # the rig stops: its light with it (through the guard, which then knows)
+            m.apply_light(wire.LightCommandFields(0, 0, 0, 0, 0, 0, max(m.trial, 0), wire.LightAction.ALL_OFF,
+                                                  wire.Waveform.CONSTANT, 0, 0, 0.0, 0.0, 0.0, 0.0),
+                          self._now_rig())
+        self._note_light()
         self._heartbeat("stopped")
+        self._log_frames()
+        self.log.write("stopped", reason=self.stop_reason)
         wall = time.monotonic() - wall_start
         cpu = time.process_time() - cpu_start
         extra: dict[str, Any] = {}
@@ -282,7 +387,11 @@ class RigProcess:
                 f"{m.config.model} model on {extra.get('backend_active', m.config.backend)}: the "
                 f"simulated world ran on its own rig clock at {slow:.2f}x wall time per rig second "
                 f"({pace}; the clock waited {self.lag_ns / _NS:.2f} s for the model, no steps dropped)")
-        return {**extra, "model": m.config.model, "rig_id": client.rig_id, "seed": m.seed,
+        if self.stop_reason == "rigd_lost":
+            extra["reason"] = (f"rigd lost: no rigd heartbeat for {self.rigd_lost_ns / _NS:g} s after the "
+                               f"handshake (rigd killed, hung or unreachable); light off, rig stopped")
+        return {**extra, "stop_reason": self.stop_reason, "model": m.config.model, "rig_id": client.rig_id,
+                "seed": m.seed,
                 "day": m.config.day, "n_units": m.n_units,
                 "bin_s": m.config.bin_s, "paced": self.pace, "bins": self.bins,
                 "sim_s": m.t_rig_ns / _NS, "wall_s": wall,
@@ -322,10 +431,20 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": f"bad spiking mouse configuration: {exc}"}), flush=True)
             return 2
     else:
-        mouse = SimulatedMouse(config, a.seed, session=a.session)
-    client = RigClient(a.rig_id, a.ingest, a.command, description=mouse.description)
+        try:
+            mouse = SimulatedMouse(config, a.seed, session=a.session)
+        except ValueError as exc:
+            print(json.dumps({"error": f"bad mouse configuration: {exc}"}), flush=True)
+            return 2
+    if not (a.rigd_lost_s > 0.0):
+        print(json.dumps({"error": f"--rigd-lost-s {a.rigd_lost_s}: expected a number of seconds > 0"}), flush=True)
+        return 2
+    # the mouse admits every command through the client's guard, which rigd's heartbeats feed
+    client = RigClient(a.rig_id, a.ingest, a.command, description=mouse.description, guard=mouse.guard)
+    log = RigLog(a.log)
     proc = RigProcess(mouse, client, pace=not a.no_pace, spin_ns=round(a.spin_us * 1000),
-                      max_trials=a.trials, max_duration_s=a.duration, own_clock=spiking)
+                      max_trials=a.trials, max_duration_s=a.duration, own_clock=spiking,
+                      rigd_lost_s=a.rigd_lost_s, log=log)
     signal.signal(signal.SIGTERM, proc.request_stop)
     signal.signal(signal.SIGINT, proc.request_stop)
     try:
@@ -335,12 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         client.close()
+        log.close()
         close = getattr(mouse, "close", None)
         if callable(close):
             close()
     summary["realtime"] = realtime
     print(json.dumps(summary), flush=True)
-    return 0
+    return EXIT_RIGD_LOST if summary["stop_reason"] == "rigd_lost" else 0
 
 
 if __name__ == "__main__":

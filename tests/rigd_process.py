@@ -114,3 +114,18 @@ def mosquitto(tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def measured_calibration(tmp: Path, **limits: float) -> Path:
+    """A calibration file as a lab would write it (not the placeholder), with optional lower limits.
+
+    ``--rig external`` refuses the shipped placeholder; tests use this one instead.
+    """
+    text = (REPO / "hardware" / "calibration_default.toml").read_text()
+    text = text.replace('measured_on = "placeholder - measure on your rig"', 'measured_on = "test bench"')
+    for key, value in limits.items():
+        lines = [f"{key} = {value}" if ln.split("=")[0].strip() == key else ln for ln in text.splitlines()]
+        text = "\n".join(lines) + "\n"
+    path = tmp / "calibration.toml"
+    path.write_text(text)
+    return path

@@ -12,7 +12,7 @@ import aiomqtt
 import pytest
 
 from rig.broker import embedded_broker
-from tests.rigd_process import rigd
+from tests.rigd_process import measured_calibration, rigd
 
 
 def _broker_children(parent: int) -> list[int]:
@@ -67,7 +67,7 @@ async def test_embedded_broker_on_a_taken_port_says_so() -> None:
 
 
 def test_broker_does_not_outlive_a_killed_rigd(tmp_path: Path) -> None:
-    with rigd(tmp_path, "--rig", "external", name="orphan") as r:
+    with rigd(tmp_path, "--rig", "external", "--calibration", str(measured_calibration(tmp_path)), name="orphan") as r:
         r.wait_ready()
         (child,) = _broker_children(r.proc.pid)
         assert _alive(child)

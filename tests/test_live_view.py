@@ -11,7 +11,8 @@ Two sources feed the page:
   (frames, events, decoder chunks, light commands/acks, an interlock refusal). It runs in a few
   seconds and does not depend on the rest of the service.
 * ``test_rigd_start_sim_*``: a real ``rigd start --rig sim`` subprocess, whose calibration file
-  forbids the protocol's light power so that the interlock refuses and raises real alarms.
+  allows no early perturbations beyond 30 % (no small-N allowance), so that the interlock refuses
+  at run time and raises real alarms (a protocol the check rejects would not start at all).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -462,12 +464,13 @@ async def test_page_loads_updates_and_shows_refusal_in_red(bench: tuple[BenchSer
 @needs_chromium
 async def test_rigd_start_sim_live_view_updates_and_shows_interlock_refusal(tmp_path: Path) -> None:
     """A real ``rigd start --rig sim``: the page updates while the session runs, and turns red when the
-    interlock refuses light. The calibration caps power at 1.0 mW per spot while the default protocol
-    asks 1.5 mW, so every photoinhibition trial is refused by the real interlock (real alarm path)."""
-    cal = tmp_path / "low_power_calibration.toml"
+    interlock refuses light. The calibration has no small-N allowance: a photoinhibition trial that
+    would make more than 30 % of the trials so far perturbed is refused by the real interlock (real
+    alarm path) at run time; the protocol itself passes the check (a rejected one would not start)."""
+    cal = tmp_path / "no_allowance_calibration.toml"
     text = DEFAULT_CALIBRATION.read_text()
-    assert "max_power_mw_per_spot = 10.0" in text
-    cal.write_text(text.replace("max_power_mw_per_spot = 10.0", "max_power_mw_per_spot = 1.0"))
+    assert "small_n_allowance = 3" in text
+    cal.write_text(re.sub(r"small_n_allowance = \d+", "small_n_allowance = 0", text))
     runtime = tmp_path / "runtime"
     env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime), "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "rigd.log").open("wb")
@@ -516,7 +519,7 @@ async def test_rigd_start_sim_live_view_updates_and_shows_interlock_refusal(tmp_
             frames2 = await _int(b, "frames")
             assert frames2 > frames1  # the simulated mouse streams 1 kHz frames
             await b.wait_for("document.querySelectorAll('#alarms li.refusal').length > 0", 90)
-            assert "power_mw_per_spot" in await b.eval(
+            assert "would make" in await b.eval(
                 "document.querySelector('#alarms li.refusal').textContent"
             )
             await b.wait_for("parseInt(document.getElementById('trials-done').textContent) >= 1", 40)

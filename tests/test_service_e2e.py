@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_forty_trial_sim_session_exits_by_itself_and_exports_nwb(tmp_path: Path) -> None:
-    # ITI 0.5 s keeps the 40 trials to ~3.5 min of simulated (= wall) time; task timing is otherwise §1.1
+    # ITI 0.5 s keeps the 40 trials to ~3.5 min of simulated (= wall) time; task timing is otherwise the default
     with rigd(tmp_path, "--rig", "sim", "--trials", "40", "--iti-s", "0.5", "--seed", "3") as r:
         r.wait_ready()
         time.sleep(3.0)

@@ -24,7 +24,7 @@ import pytest
 import zmq
 
 from rig import wire
-from tests.rigd_process import REPO, RIGD, Rigd, free_port, mosquitto, rigd
+from tests.rigd_process import REPO, RIGD, Rigd, free_port, measured_calibration, mosquitto, rigd
 
 pytestmark = pytest.mark.slow
 N_UNITS = 80
@@ -87,7 +87,8 @@ class RawRig:
 def external_rigd(tmp_path: Path, name: str, *args: str) -> Iterator[tuple[Rigd, str, str]]:
     """A ready rigd waiting for a lab rig on free ports: (rigd, ingest, command)."""
     ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    with rigd(tmp_path, "--rig", "external", "--ingest", ingest, "--command", command, *args, name=name) as r:
+    with rigd(tmp_path, "--rig", "external", "--calibration", str(measured_calibration(tmp_path)), "--ingest", ingest,
+              "--command", command, *args, name=name) as r:
         r.wait_ready()
         yield r, ingest, command
 
@@ -299,7 +300,7 @@ def test_the_handshake_ends_only_when_rigd_lists_the_rig(tmp_path: Path) -> None
         listen.connect(command)
         assert listen.poll(5000)
         h, p = listen.recv_multipart()
-        assert wire.payload_json(wire.unpack_header(h), p) == {"rigs": []}  # nobody has announced yet
+        assert wire.payload_json(wire.unpack_header(h), p)["rigs"] == []  # nobody has announced yet
         stranger = RigClient(7, ingest, command, {"rig": "stranger", "n_units": N_UNITS})
         with pytest.raises(TimeoutError, match="does not list rig 7"):
             stranger.connect(timeout_s=1.5)

@@ -132,7 +132,7 @@ def test_live_rig_process_streams_counts_events_acks_and_watchdog() -> None:
         assert ack.status == wire.AckStatus.LATE and ack.t_light_change_rig_ns == 0
 
         # light on, then rigd falls silent: the rig turns the light off 0.5 s later
-        rigd.send_command(_cmd(3, duration_s=3.0))
+        rigd.send_command(_cmd(3, duration_s=1.3))
         assert rigd.wait_ack(3).status == wire.AckStatus.APPLIED
         t_silent = time.monotonic_ns()
         deadline = time.monotonic() + 3.0

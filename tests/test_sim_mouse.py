@@ -26,13 +26,13 @@ def _start(command_id: int = 1, *, spots_left: int = 0b1111, spots_right: int = 
 
 def test_dose_response_and_spatial_spread_match_the_hill_fit() -> None:
     c = MouseConfig()
-    # §3.2: ε(1.5 mW) = 0.987; ≈ 50 % at 0.3 mW; ≈ 80 % at 0.5 mW
+    # Hill fit to Li et al. 2019: ε(1.5 mW) = 0.987; ≈ 50 % at 0.3 mW; ≈ 80 % at 0.5 mW
     assert float(light.dose_response(1.5, c.p50_mw, c.hill_n)) == pytest.approx(0.987, abs=0.002)
     assert float(light.dose_response(0.3, c.p50_mw, c.hill_n)) == pytest.approx(0.5, abs=1e-9)
     assert float(light.dose_response(0.5, c.p50_mw, c.hill_n)) == pytest.approx(0.80, abs=0.02)
     eff = light.efficacy(c, 1.5, spots_left=0b1111, spots_right=0, unit_ap_mm=np.zeros(0),
                          unit_ml_mm=np.zeros(0))
-    assert eff.hemisphere[0] == pytest.approx(c.eps_max)  # latent ε capped at 0.9 (§5.A)
+    assert eff.hemisphere[0] == pytest.approx(c.eps_max)  # latent ε capped at 0.9 (docs/simulator.md)
     assert eff.hemisphere[1] < 0.02  # little spill-over into the other ALM, 3 mm away
     weak = light.efficacy(c, 1.5, spots_left=0b0001, spots_right=0, unit_ap_mm=np.zeros(0),
                           unit_ml_mm=np.zeros(0))
@@ -73,7 +73,7 @@ def test_apply_light_statuses_and_change_times() -> None:
 def test_watchdog_turns_light_off_after_half_a_second_without_rigd() -> None:
     m = SimulatedMouse(MouseConfig(), 1)
     m.note_rigd_heartbeat(0)
-    m.apply_light(_start(1, duration=3.0), 0)
+    m.apply_light(_start(1, duration=1.3), 0)
     assert m.watchdog(400 * MS) is None
     m.note_rigd_heartbeat(400 * MS)
     assert m.watchdog(800 * MS) is None
@@ -96,7 +96,7 @@ def test_light_silences_pyramidal_units_after_15_ms_and_excites_fs_units() -> No
 
     base = rates(2000)
     m.note_rigd_heartbeat(m.t_rig_ns)
-    m.apply_light(_start(1, duration=2.0), m.t_rig_ns)
+    m.apply_light(_start(1, duration=1.3), m.t_rig_ns)
     early = rates(10)  # first 10 ms: light on, pyramidal silencing not yet
     on = rates(1000)
     assert early[pyr].sum() > 0.6 * base[pyr].sum()
@@ -121,7 +121,7 @@ def test_mouse_runs_the_task_and_matches_offline_statistics() -> None:
     assert 1 <= n_early <= 35  # 5 % of 260 = 13
     rts = np.sort([t["reaction_time_s"] for t in done])
     terts = [float(np.mean(x)) for x in np.array_split(rts, 3)]
-    # YANG22 tertiles 85 / 111 / 172 ms; with ≈ 80 per tertile the slow one has SE ≈ 0.01 s
+    # Yang et al. 2022 tertiles 85 / 111 / 172 ms; with ≈ 80 per tertile the slow one has SE ≈ 0.01 s
     assert terts == pytest.approx([0.085, 0.111, 0.172], abs=0.03)
     assert names.count("trial_start") >= 260 and names.count("go_cue") >= len(done)
     assert {"sample_on", "delay_on", "lick", "outcome", "trial_end", "early_lick"} <= set(names)
