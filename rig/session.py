@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import math
 import os
 import threading
 import time
@@ -59,29 +58,11 @@ RecordTap = Callable[[wire.Header, memoryview, int], None]  #: ``fn(header, payl
 SpanTap = Callable[[npt.NDArray[np.uint8], int, int], None]  #: ``fn(ring bytes, position, n records)``
 
 
-MAX_JSON_DEPTH = 64  #: deeper nesting (or a reference cycle) is written as the object's str()
-
-
-def _finite(obj: Any, depth: int = 0) -> Any:
-    """``obj`` with every non-finite float (also in numpy scalars and arrays) replaced by None."""
-    if isinstance(obj, float):  # np.float64 too
-        return float(obj) if math.isfinite(obj) else None
-    if depth > MAX_JSON_DEPTH:
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [_finite(v, depth + 1) for v in obj]
-    if isinstance(obj, np.ndarray | np.generic):
-        return _finite(obj.tolist(), depth + 1)
-    return obj
-
-
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray | np.generic):  # np.float32, np.int64, arrays: as JSON numbers/lists
-        return _finite(obj.tolist())
+        return wire.finite(obj.tolist())
     if isinstance(obj, set | frozenset):
-        return _finite(list(obj))
+        return wire.finite(list(obj))
     return str(obj)  # paths, datetimes, enums
 
 
@@ -95,7 +76,7 @@ def strict_json(obj: Any, *, indent: int | None = None, sort_keys: bool = False)
     try:
         return json.dumps(obj, allow_nan=False, default=_json_default, indent=indent, sort_keys=sort_keys)
     except ValueError:  # a non-finite float (or a reference cycle): sanitise and encode again
-        return json.dumps(_finite(obj), allow_nan=False, default=_json_default, indent=indent,
+        return json.dumps(wire.finite(obj), allow_nan=False, default=_json_default, indent=indent,
                           sort_keys=sort_keys)
 
 

@@ -274,15 +274,25 @@ def payload_json(header: Header, payload: bytes | memoryview) -> dict[str, Any]:
     return obj
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+MAX_JSON_DEPTH = 64  #: deeper nesting (or a reference cycle) is written as the object's str()
+
+
+def finite(obj: Any, depth: int = 0) -> Any:
+    """``obj`` with every non-finite float (also in numpy scalars and arrays) replaced by None.
+
+    What makes a message RFC 8259 JSON (no bare NaN/Infinity): used for the wire's JSON kinds and,
+    by rig/session.py, for everything rigd writes as JSON (control plane, manifest).
+    """
+    if isinstance(obj, float):  # np.float64 too
+        return float(obj) if math.isfinite(obj) else None
+    if depth > MAX_JSON_DEPTH:
+        return str(obj)
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite(obj.item())
+        return {k: finite(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [finite(v, depth + 1) for v in obj]
+    if isinstance(obj, np.ndarray | np.generic):
+        return finite(obj.tolist(), depth + 1)
     return obj
 
 
@@ -291,7 +301,7 @@ def json_bytes(obj: dict[str, Any]) -> bytes:
     try:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (ValueError, TypeError):
-        return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False,
+        return json.dumps(finite(obj), separators=(",", ":"), allow_nan=False,
                           default=str).encode("utf-8")
 
 

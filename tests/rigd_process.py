@@ -129,3 +129,13 @@ def measured_calibration(tmp: Path, **limits: float) -> Path:
     path = tmp / "calibration.toml"
     path.write_text(text)
     return path
+
+
+@contextmanager
+def external_rigd(tmp: Path, name: str, *args: str) -> Iterator[tuple[Rigd, str, str]]:
+    """A ready ``rigd start --rig external`` on free ports, with a measured calibration: (rigd, ingest, command)."""
+    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    with rigd(tmp, "--rig", "external", "--calibration", str(measured_calibration(tmp)), "--ingest", ingest,
+              "--command", command, *args, name=name) as r:
+        r.wait_ready()
+        yield r, ingest, command

@@ -13,8 +13,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import pytest
 import zmq
 
 from rig import wire
-from tests.rigd_process import REPO, RIGD, Rigd, free_port, measured_calibration, mosquitto, rigd
+from tests.rigd_process import REPO, RIGD, external_rigd, mosquitto, rigd
 
 pytestmark = pytest.mark.slow
 N_UNITS = 80
@@ -81,16 +79,6 @@ class RawRig:
         self.pub.close(linger=1000)
         self.sub.close()
         self.ctx.term()
-
-
-@contextmanager
-def external_rigd(tmp_path: Path, name: str, *args: str) -> Iterator[tuple[Rigd, str, str]]:
-    """A ready rigd waiting for a lab rig on free ports: (rigd, ingest, command)."""
-    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    with rigd(tmp_path, "--rig", "external", "--calibration", str(measured_calibration(tmp_path)), "--ingest", ingest,
-              "--command", command, *args, name=name) as r:
-        r.wait_ready()
-        yield r, ingest, command
 
 
 def _patch(header: bytes, offset: int, value: bytes) -> bytes:

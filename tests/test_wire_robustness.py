@@ -7,8 +7,6 @@ reads the outcome from what rigd publishes (``rigd status``) and records (the se
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from rig import wire
 from rig.client import RigClient
 from rig.session import Session
 from rig.streams import RESYNC_RUN
-from tests.rigd_process import Rigd, free_port, measured_calibration, rigd
+from tests.rigd_process import Rigd, external_rigd
 from tests.test_wire_fuzz import _decoder, close_hot, make_hot
 
 pytestmark = pytest.mark.slow
@@ -82,16 +80,6 @@ class Rig:
         self.ctx.term()
 
 
-@contextmanager
-def external(tmp_path: Path, name: str, *args: str) -> Iterator[tuple[Rigd, str, str]]:
-    """A ready rigd waiting for a lab rig on free ports (with a calibration as a lab writes it)."""
-    ingest, command = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    with rigd(tmp_path, "--rig", "external", "--calibration", str(measured_calibration(tmp_path)), "--ingest", ingest,
-              "--command", command, *args, name=name) as r:
-        r.wait_ready()
-        yield r, ingest, command
-
-
 def wait_status(r: Rigd, ok: Any, timeout: float = 60.0) -> dict[str, Any]:
     """rigd's status (republished at 1 Hz) once ``ok(status)`` holds; readiness, not a fixed sleep."""
     deadline = time.monotonic() + timeout
@@ -125,7 +113,7 @@ def rss_bytes(pid: int) -> int:
 def test_non_finite_negative_and_huge_counts_are_rejected_per_frame_and_valid_frames_all_go_through(
         tmp_path: Path) -> None:
     bad_f32 = [float("nan"), float("inf"), -float("inf"), -1.0, 1e30, 65536.0]
-    with external(tmp_path, "values") as (r, ingest, command):
+    with external_rigd(tmp_path, "values") as (r, ingest, command):
         rig = Rig(ingest, command)
         rig.handshake()
         valid: set[int] = set()
@@ -166,7 +154,7 @@ def test_non_finite_negative_and_huge_counts_are_rejected_per_frame_and_valid_fr
 
 
 def test_an_absurd_unit_count_is_refused_at_the_handshake_and_allocates_nothing(tmp_path: Path) -> None:
-    with external(tmp_path, "units") as (r, ingest, command):
+    with external_rigd(tmp_path, "units") as (r, ingest, command):
         wait_status(r, lambda s: s["state"] == "running")
         rss_before = rss_bytes(r.proc.pid)
         huge = RigClient(1, ingest, command, {"rig": "huge", "n_units": 10**9})
@@ -190,7 +178,7 @@ def test_an_absurd_unit_count_is_refused_at_the_handshake_and_allocates_nothing(
 
 
 def test_max_units_is_set_on_the_command_line(tmp_path: Path) -> None:
-    with external(tmp_path, "maxu", "--max-units", "50") as (r, ingest, command):
+    with external_rigd(tmp_path, "maxu", "--max-units", "50") as (r, ingest, command):
         rig = RigClient(1, ingest, command, {"rig": "eighty", "n_units": N_UNITS})
         with pytest.raises(TimeoutError, match="does not list rig 1"):
             rig.connect(timeout_s=3.0)
@@ -213,7 +201,7 @@ def rigd_refuses(tmp_path: Path, *args: str) -> str:
 
 
 def test_a_restarted_rig_is_followed_and_a_second_sender_with_the_same_id_is_named(tmp_path: Path) -> None:
-    with external(tmp_path, "restart") as (r, ingest, command):
+    with external_rigd(tmp_path, "restart") as (r, ingest, command):
         first = Rig(ingest, command, boot_id=111, host="host-a", pid=1001)
         first.handshake()
         before = {10_000 + i for i in range(50)}
@@ -263,7 +251,7 @@ def test_a_restarted_rig_is_followed_and_a_second_sender_with_the_same_id_is_nam
 
 
 def test_without_boot_ids_a_seq_reset_resynchronises_and_a_stray_far_seq_costs_one_frame(tmp_path: Path) -> None:
-    with external(tmp_path, "resync") as (r, ingest, command):
+    with external_rigd(tmp_path, "resync") as (r, ingest, command):
         rig = Rig(ingest, command)  # a third-party rig: no boot_id in its heartbeats
         rig.handshake()
         first = {30_000 + i for i in range(100)}
