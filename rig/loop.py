@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
-import math
 import os
 import select
 import struct
@@ -41,8 +40,9 @@ from hardware.interlock import LightInterlock
 from rig import wire
 from rig.conditions import light_truth
 from rig.errors import Counters
+from rig.rig_identity import Heard, RigIdentity, UnitLimitError, validate_description, who, whole
 from rig.session import RIGD_RIG_ID, Recorder
-from rig.streams import MAX_GAP, RESYNC_RUN, Seq, StreamSequences, Verdict
+from rig.streams import Seq, StreamSequences, Verdict, describe
 from rig.telemetry import LoopTelemetry
 from rig.watchdog import LoopBeat
 
@@ -63,9 +63,6 @@ PERIOD_MAX_NS = 50_000_000
 #: units per rig (and raw channels) above which a rig description is refused at the handshake, before
 #: anything is allocated for it (ServiceConfig.max_units, ``rigd start --max-units``)
 DEFAULT_MAX_UNITS = 200_000
-#: an earlier boot_id of a rig heard again while the current one spoke within this time: two senders
-DUPLICATE_WINDOW_NS = 5_000_000_000
-MAX_BOOTS_REMEMBERED = 8  #: earlier boot_ids remembered per rig (for the duplicate-id diagnosis)
 AlarmFn = Callable[[dict[str, Any]], None]
 
 
@@ -124,11 +121,7 @@ class RigPipeline:
     t_last_frame_ns: int = 0
     frame_period_ns: int = 0
     #: the rig process heard now (heartbeat "boot_id", "host", "pid"); a new boot_id is a restart
-    boot_id: int | str | None = None
-    sender: dict[str, Any] = field(default_factory=dict)
-    boot_seen_ns: int = 0  #: when a heartbeat of the current boot last came
-    boots: dict[int | str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  #: earlier boots
-    duplicates: set[frozenset[int | str]] = field(default_factory=set)  #: boot pairs already alarmed
+    identity: RigIdentity = field(default_factory=RigIdentity)
     #: the decoder being built on the build worker (installed between frames; None until then)
     decoder_future: concurrent.futures.Future[OnlineDecoder] | None = None
 
@@ -463,7 +456,8 @@ class HotLoop:
         its ALL_OFF (rig clients connect their command socket to it too).
         """
         body: dict[str, Any] = {"rigs": sorted(self.pipelines)}
-        boots = {str(r): p.boot_id for r, p in sorted(self.pipelines.items()) if p.boot_id is not None}
+        boots = {str(r): p.identity.boot_id for r, p in sorted(self.pipelines.items())
+                 if p.identity.boot_id is not None}
         if boots:  # the process rigd follows for each rig: a restarted rig waits for its new boot_id
             body["boot_ids"] = boots
         if self.safety_endpoint:
@@ -576,7 +570,7 @@ class HotLoop:
             v = pl.streams.check(h.stream_id, h.seq)
             if v.seq is not Seq.ACCEPT:
                 if v.seq is not Seq.RESYNC:
-                    self.counters.error("ingest", v.seq.value, _seq_message(h.rig_id, h.stream_id, h.seq, v),
+                    self.counters.error("ingest", v.seq.value, describe(h.rig_id, h.stream_id, h.seq, v),
                                         rig_id=h.rig_id)
                     return
                 self._resynchronised(pl, h.stream_id, v, t_recv)
@@ -673,42 +667,21 @@ class HotLoop:
         pl.description, pl.last_heartbeat_ns = desc, t_recv
 
     def _validate_description(self, rig_id: int, desc: dict[str, Any], *, known: bool) -> int:
-        """The description's ``n_units``, once every field rigd sizes memory by is valid; WireError if not.
+        """The description's ``n_units`` once valid (rig/rig_identity.py); WireError if not.
 
         ``n_units`` (and ``raw_channels``) above :attr:`max_units` are refused with an alarm (once per
         distinct value): nothing is allocated, and a rig refused at its first description is not listed
         in rigd's heartbeat, so its handshake fails.
         """
-        n_units = _whole(desc.get("n_units"))
-        if n_units is None or n_units < 0:
-            raise wire.WireError("heartbeat", f"rig {rig_id} heartbeat must describe 'n_units' (int ≥ 0), "
-                                 f"got {desc.get('n_units')!r}")
-        raw = desc.get("raw_channels")
-        raw_n = _whole(raw) if raw is not None else 0
-        if raw_n is None or raw_n < 0:
-            raise wire.WireError("heartbeat", f"rig {rig_id}: 'raw_channels' must be an int ≥ 0, got {raw!r}")
-        if max(n_units, raw_n) > self.max_units:
-            what = f"n_units={n_units}" if n_units > self.max_units else f"raw_channels={raw_n}"
-            msg = (f"rig {rig_id} describes {what}, above rigd's maximum of {self.max_units} units per rig "
-                   f"(rigd start --max-units): refused, nothing allocated; "
-                   + ("rigd keeps its earlier description" if known else "the rig is not listed in rigd's heartbeat"))
-            if self._units_refused.get(rig_id) != max(n_units, raw_n):
-                self._units_refused[rig_id] = max(n_units, raw_n)
+        try:
+            return validate_description(rig_id, desc, self.max_units)
+        except UnitLimitError as exc:
+            msg = f"{exc.detail}; " + ("rigd keeps its earlier description" if known
+                                else "the rig is not listed in rigd's heartbeat")
+            if self._units_refused.get(rig_id) != exc.n:
+                self._units_refused[rig_id] = exc.n
                 self._alarm({"source": "ingest", "rig_id": rig_id, "message": msg})
-            raise wire.WireError("n_units", msg)
-        if raw_n:
-            th, rate = desc.get("threshold_sd", -4.5), desc.get("sample_rate_hz", 30_000)
-            if not _number(th) or th >= 0:
-                raise wire.WireError("heartbeat", f"rig {rig_id}: 'threshold_sd' must be a negative number, "
-                                     f"got {th!r}")
-            if not _number(rate) or not 1 <= rate <= 1e7:
-                raise wire.WireError("heartbeat", f"rig {rig_id}: 'sample_rate_hz' must be a number in "
-                                     f"[1, 1e7], got {rate!r}")
-        boot = desc.get("boot_id")
-        if boot is not None and not _boot_id_ok(boot):
-            raise wire.WireError("boot_id", f"rig {rig_id}: 'boot_id' must be an int or a short string, "
-                                 f"got {boot!r}")
-        return n_units
+            raise wire.WireError("n_units", msg) from None
 
     def _check_boot(self, pl: RigPipeline, desc: dict[str, Any], t_recv: int) -> bool:
         """Whether a known rig's heartbeat is kept: False drops it (a second sender claiming the id).
@@ -716,58 +689,39 @@ class HotLoop:
         Same boot_id as the process rigd follows: kept. A new one: the rig restarted. An earlier one
         heard again while the current one is alive: two senders (alarm once per pair).
         """
-        boot = desc.get("boot_id")
-        if boot is None or not _boot_id_ok(boot):
-            return True  # a rig without boot ids (or a malformed one: counted by _on_heartbeat)
-        if boot == pl.boot_id:
-            pl.boot_seen_ns = t_recv
+        ident = pl.identity
+        heard = ident.hear(desc, t_recv)
+        if heard is Heard.KEEP:
             return True
-        sender = _sender(desc)
-        if pl.boot_id is None:  # the first heartbeat of this rig that names its process
-            pl.boot_id, pl.sender, pl.boot_seen_ns = boot, sender, t_recv
+        if heard is Heard.FIRST:
             self._announce_rigs(t_recv)
             return True
-        if boot in pl.boots and t_recv - pl.boot_seen_ns < DUPLICATE_WINDOW_NS:
-            # an earlier process of this rig speaks again while the current one is alive: two senders
-            pair = frozenset((boot, pl.boot_id))
-            if pair in pl.duplicates:  # settled: the one rigd follows keeps the id, the other is dropped
-                pl.boots[boot] = (t_recv, sender)
-                self.counters.error("ingest", "duplicate_rig", f"rig {pl.rig_id}: heartbeat from {_who(sender)} "
-                                    f"while {_who(pl.sender)} holds this rig id: dropped", rig_id=pl.rig_id)
-                return False
-            # first seen: the earlier holder (the returning one) keeps the id; the newcomer, taken for a
-            # restart a moment ago, is the second sender
-            pl.duplicates.add(pair)
-            newcomer = pl.sender
-            del pl.boots[boot]
-            pl.boots[newcomer["boot_id"]] = (pl.boot_seen_ns, newcomer)
-            pl.boot_id, pl.sender, pl.boot_seen_ns = boot, sender, t_recv
+        if heard is Heard.DROP:
+            self.counters.error("ingest", "duplicate_rig", f"rig {pl.rig_id}: heartbeat from {who(ident.previous)} "
+                                f"while {who(ident.sender)} holds this rig id: dropped", rig_id=pl.rig_id)
+            return False
+        if heard is Heard.DUPLICATE:
             pl.streams.reset()  # the newcomer's sequence numbers are not the holder's
             self.counters.inc("rigs.duplicate_ids")
-            self._alarm({"source": "rig", "rig_id": pl.rig_id, "senders": [sender, newcomer],
-                         "message": f"rig {pl.rig_id} is claimed by two senders: {_who(sender)} and "
-                                    f"{_who(newcomer)}; rigd follows the first, boot_id {boot}, and drops "
-                                    "the other's heartbeats (its frames cannot be told apart): give each rig "
-                                    "its own id"})
-            self.recorder.log({"type": "rig", "event": "duplicate_id", "rig_id": pl.rig_id,
-                               "senders": [sender, newcomer]}, t_recv)
+            senders = [ident.sender, ident.previous]
+            self._alarm({"source": "rig", "rig_id": pl.rig_id, "senders": senders,
+                         "message": f"rig {pl.rig_id} is claimed by two senders: {who(ident.sender)} and "
+                                    f"{who(ident.previous)}; rigd follows the first, boot_id {ident.boot_id}, and "
+                                    "drops the other's heartbeats (its frames cannot be told apart): give each "
+                                    "rig its own id"})
+            self.recorder.log({"type": "rig", "event": "duplicate_id", "rig_id": pl.rig_id, "senders": senders},
+                              t_recv)
             self._announce_rigs(t_recv)
             return True
-        self._restarted(pl, boot, sender, t_recv)
+        self._restarted(pl, t_recv)
         return True
 
-    def _restarted(self, pl: RigPipeline, boot: int | str, sender: dict[str, Any], t_recv: int) -> None:
+    def _restarted(self, pl: RigPipeline, t_recv: int) -> None:
         """The rig's process changed (a new boot_id): its streams and trials start afresh.
 
         Its interlock (energy, perturbed fraction), controller and decoder carry on.
         """
-        old = pl.boot_id
-        if old is not None:
-            pl.boots[old] = (pl.boot_seen_ns, pl.sender)
-        pl.boots.pop(boot, None)
-        while len(pl.boots) > MAX_BOOTS_REMEMBERED:
-            del pl.boots[next(iter(pl.boots))]
-        pl.boot_id, pl.sender, pl.boot_seen_ns = boot, sender, t_recv
+        old, new = pl.identity.previous.get("boot_id"), pl.identity.boot_id
         pl.streams.reset()  # the new process counts every stream from its own start
         for trial in sorted(pl.books):  # the old process's open trials never get their end
             self._finish_trial(pl, trial)
@@ -775,9 +729,9 @@ class HotLoop:
         pl.tracker = self.parts.tracker()
         self.counters.inc("rigs.restarts")
         self._alarm({"source": "rig", "severity": "warning", "rig_id": pl.rig_id,
-                     "message": f"rig {pl.rig_id} restarted (boot_id {old} → {boot})"})
+                     "message": f"rig {pl.rig_id} restarted (boot_id {old} → {new})"})
         self.recorder.log({"type": "rig", "event": "restarted", "rig_id": pl.rig_id, "boot_id_before": old,
-                           "boot_id": boot, "sender": sender}, t_recv)
+                           "boot_id": new, "sender": pl.identity.sender}, t_recv)
         self._announce_rigs(t_recv)  # the new process's handshake ends when it sees its boot_id listed
 
     def _resynchronised(self, pl: RigPipeline, stream: int, v: Verdict, t_recv: int) -> None:
@@ -813,13 +767,11 @@ class HotLoop:
         pl = RigPipeline(rig_id, desc, n_units, now, self.parts.tracker(), self.parts.controller(rig_id),
                          interlock)
         holder.append(pl)
-        raw = _whole(desc.get("raw_channels"))
+        raw = whole(desc.get("raw_channels"))
         if raw:  # validated: ≤ max_units, negative threshold, sane sample rate
             pl.detector = ThresholdDetector(raw, float(desc.get("threshold_sd", -4.5)),
                                             int(float(desc.get("sample_rate_hz", 30_000))))
-        boot = desc.get("boot_id")
-        if boot is not None:
-            pl.boot_id, pl.sender, pl.boot_seen_ns = boot, _sender(desc), now
+        pl.identity.hear(desc, now)  # the process that described the rig is the one followed
         interlock.heartbeat(now)
         self._new_decoder(pl, desc)
         self.pipelines[rig_id] = pl
@@ -1111,47 +1063,6 @@ def _try_realtime(priority: int) -> str:
     except (AttributeError, PermissionError, OSError) as exc:
         return f"not available ({type(exc).__name__}: {exc})"
     return f"SCHED_FIFO {priority}"
-
-
-def _whole(x: Any) -> int | None:
-    """A JSON whole number (an int, or a float with no fraction), else None."""
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, int):
-        return x
-    if isinstance(x, float) and math.isfinite(x) and x.is_integer():
-        return int(x)
-    return None
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _boot_id_ok(boot: Any) -> bool:
-    return (isinstance(boot, int) and not isinstance(boot, bool)) or (isinstance(boot, str) and 0 < len(boot) <= 200)
-
-
-def _sender(desc: dict[str, Any]) -> dict[str, Any]:
-    """Who sent a rig heartbeat: its boot_id, host and pid (as far as it says)."""
-    pid = desc.get("pid")
-    return {"boot_id": desc.get("boot_id"), "host": str(desc.get("host", "?"))[:200],
-            "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else None}
-
-
-def _who(sender: dict[str, Any]) -> str:
-    return f"boot_id {sender.get('boot_id')} (host {sender.get('host')}, pid {sender.get('pid')})"
-
-
-def _seq_message(rig_id: int, stream: int, seq: int, v: Verdict) -> str:
-    """The error detail of a dropped off-sequence message."""
-    where = f"rig {rig_id} stream {stream}"
-    if v.seq is Seq.DUPLICATE:
-        return f"{where}: seq {seq} received twice"
-    then = f"dropped ({RESYNC_RUN} consecutive in a run resynchronise the stream)"
-    if v.seq is Seq.OLD:
-        return f"{where}: seq {seq} after {v.last}: {then}"
-    return f"{where}: seq {seq} jumps more than {MAX_GAP} past {v.last}: {then}"
 
 
 def _finite(x: float) -> float | None:

@@ -97,3 +97,14 @@ class StreamSequences:
         """Forget every stream (the rig restarted): each stream's next message is accepted as its first."""
         self.last.clear()  # in place: the hot loop holds this dict
         self._runs.clear()
+
+
+def describe(rig_id: int, stream: int, seq: int, v: Verdict) -> str:
+    """The error detail of a dropped off-sequence message."""
+    where = f"rig {rig_id} stream {stream}"
+    if v.seq is Seq.DUPLICATE:
+        return f"{where}: seq {seq} received twice"
+    then = f"dropped ({RESYNC_RUN} consecutive in a run resynchronise the stream)"
+    if v.seq is Seq.OLD:
+        return f"{where}: seq {seq} after {v.last}: {then}"
+    return f"{where}: seq {seq} jumps more than {MAX_GAP} past {v.last}: {then}"
