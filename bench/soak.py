@@ -120,7 +120,8 @@ def main() -> int:
     rigd_log = open(tmp / "rigd.log", "w")  # noqa: SIM115
     rigd = subprocess.Popen([RIGD, "start", "--rig", "external", "--name", name, "--no-ui", "--no-live",
                              "--session-dir", str(tmp / "sessions"), "--ingest", ingest, "--command", command,
-                             "--mqtt", f"mqtt://127.0.0.1:{broker.port}", "--calibration", str(cal)],
+                             "--mqtt", f"mqtt://127.0.0.1:{broker.port}", "--calibration", str(cal),
+                             "--trials", "100000"],  # runs until stopped, not the protocol's n_trials
                             stdout=rigd_log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     runtime = tmp / "runtime" / f"{name}.json"
     while not runtime.exists():

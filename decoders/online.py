@@ -11,7 +11,8 @@ run on the hot-path thread. A fit takes tens of ms (CD) to seconds (GRU), so wit
 calls :meth:`OnlineDecoder.prepare_fit` (cheap: snapshots the pool) and runs the returned
 callable in a worker thread or process; the callable builds a new decoder from the snapshot and
 returns a :class:`FitOutcome`, which the service hands back with :meth:`OnlineDecoder.swap`
-between two frames. Until then the old decoder keeps serving. With ``inline_fit=True``
+between two frames (rigd does it at the next trial start, so one decoder serves a whole trial).
+Until then the old decoder keeps serving. With ``inline_fit=True``
 (default; tests, offline replays) the fit runs inside ``on_trial_end``.
 
 Drift alignment across days: pass a factory whose decoder carries yesterday's fit as a prior

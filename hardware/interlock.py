@@ -110,6 +110,8 @@ class LightInterlock:
         self._last_now = 0
         self.refusals: Counter[str] = Counter()
         self.n_approved = 0
+        #: light approved in this interlock's life per hemisphere (left, right), J: a session's dose
+        self.energy_total_j = [0.0, 0.0]
         self.alarms: deque[dict[str, Any]] = deque(maxlen=1000)  #: the most recent alarms
         self._ledger = ledger
         self.history = history or LedgerHistory()
@@ -226,6 +228,7 @@ class LightInterlock:
         for h, mask in enumerate((spots_left, spots_right)):
             if mask:
                 self._energy.append((now_ns, h, joules[h]))
+                self.energy_total_j[h] += joules[h]
         if self._ledger is not None:  # before the send: light the ledger does not know is never sent
             self._ledger.record_light(now_ns, trial, cid, joules)
         try:

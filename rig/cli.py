@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
+import re
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -24,16 +26,19 @@ from rich.console import Console
 from rig.config import ServiceConfig, is_placeholder_calibration, runtime_dir
 
 if TYPE_CHECKING:
-    from controllers.protocol import CheckResult
+    from controllers.protocol import CheckResult, Protocol
     from hardware.calibration import SafetyLimits
 
 DEFAULT_CALIBRATION_NAME = "hardware/calibration_default.toml"  #: the shipped placeholder
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Help is click's plain layout, not rich's boxed table: rich shrinks the option-name column to fit the
+# terminal and cuts long names ("--bench-test-calibr…") at 80 columns; click wraps only the help text.
+_PLAIN_HELP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None}
+app = typer.Typer(add_completion=False, **_PLAIN_HELP,
                   help="rigd — closed-loop experiment control (delay task, ALM photoinhibition).")
-export_app = typer.Typer(no_args_is_help=True, help="Export a recorded session.")
-protocol_app = typer.Typer(no_args_is_help=True, help="Check and dry-run perturbation protocols.")
-decoder_app = typer.Typer(no_args_is_help=True, help="Fit and evaluate decoders.")
+export_app = typer.Typer(**_PLAIN_HELP, help="Export a recorded session.")
+protocol_app = typer.Typer(**_PLAIN_HELP, help="Check and dry-run perturbation protocols.")
+decoder_app = typer.Typer(**_PLAIN_HELP, help="Fit and evaluate decoders.")
 app.add_typer(export_app, name="export")
 app.add_typer(protocol_app, name="protocol")
 app.add_typer(decoder_app, name="decoder")
@@ -41,24 +46,49 @@ console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
     raise typer.Exit(code)
 
 
+def _allowed_range(field: str) -> str:
+    """A config field's bounds as "10 ≤ x ≤ 10000" (empty when it has none)."""
+    info = ServiceConfig.model_fields.get(field)
+    if info is None:
+        return ""
+    low = high = ""
+    for m in info.metadata:
+        for attr, fmt in (("ge", "{} ≤ "), ("gt", "{} < ")):
+            if getattr(m, attr, None) is not None:
+                low = fmt.format(getattr(m, attr))
+        for attr, fmt in (("le", " ≤ {}"), ("lt", " < {}")):
+            if getattr(m, attr, None) is not None:
+                high = fmt.format(getattr(m, attr))
+    return f"{low}{field}{high}" if low or high else ""
+
+
 def _validation_message(exc: ValidationError) -> str:
+    """Each invalid setting as its option, what it got, and what it allows."""
     parts = []
     for e in exc.errors():
+        field = str(e["loc"][0]) if e["loc"] else ""
         loc = ".".join(str(x) for x in e["loc"]) or "config"
-        parts.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+        where = f"--{field.replace('_', '-')} ({loc})" if field in ServiceConfig.model_fields else loc
+        allowed = _allowed_range(field)
+        parts.append(f"{where}: {e['msg']} (got {e.get('input')!r}" + (f"; allowed: {allowed})" if allowed else ")"))
     return "invalid configuration: " + "; ".join(parts)
 
 
 @app.command()
 def start(
-    rig: Annotated[str, typer.Option(help="'sim' (simulated mouse) or 'external' (a lab rig connects)")] = "sim",
+    rig: Annotated[str, typer.Option(help="'sim' (simulated mouse), 'external' (a lab rig connects) or "
+                                          "'replay:SESSION_DIR' (a recorded session's rig, replayed)")] = "sim",
     trials: Annotated[int | None, typer.Option(help="stop after N trials")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after S seconds")] = None,
+    clock: Annotated[str | None, typer.Option(
+        help="'wall' (real time) or 'rig' (sim/replay in lockstep, as fast as the pipeline keeps up)")] = None,
+    speed: Annotated[str | None, typer.Option(
+        help="--rig replay:DIR: × the recorded rig clock (1 = real time, the default), or 'max' (lockstep)")] = None,
     session_dir: Annotated[Path | None, typer.Option(help="where sessions are written")] = None,
     mqtt: Annotated[str | None, typer.Option(help="lab broker mqtt://host:port (default: embedded)")] = None,
     mqtt_port: Annotated[int | None, typer.Option(help="embedded broker port (default: a free one)")] = None,
@@ -99,9 +129,14 @@ def start(
     live: Annotated[bool | None, typer.Option(help="terminal live view (default: on a TTY)")] = None,
 ) -> None:
     """Start a session: rigd + (for --rig sim) the simulated mouse, until trials/duration/stop."""
+    replay_source = rig.removeprefix("replay:") if rig.startswith("replay:") else None
+    if replay_source is not None:
+        rig = "sim"  # the replay takes the simulated rig's place (rig/replay_rig.py)
+    elif speed is not None:
+        _fail("--speed paces a replay: it needs --rig replay:SESSION_DIR")
     try:
         cfg = ServiceConfig.load(
-            config, rig=rig, trials=trials, duration_s=duration, session_dir=session_dir, mqtt=mqtt,
+            config, rig=rig, trials=trials, duration_s=duration, clock=clock, session_dir=session_dir, mqtt=mqtt,
             mqtt_port=mqtt_port, protocol=protocol, calibration=calibration,
             bench_test_calibration=bench_test_calibration, seed=seed, name=name,
             subject=subject, ledger_dir=ledger_dir,
@@ -118,15 +153,24 @@ def start(
     except (OSError, ValueError) as exc:
         _fail(str(exc))
         return
+    if replay_source is not None:
+        given = {k for k, v in {"protocol": protocol, "seed": seed, "decoder": decoder, "n_fit_trials": n_fit_trials,
+                                "deadline_ms": deadline_ms}.items() if v is not None} | _config_keys(config)
+        cfg = _replay_config(cfg, replay_source, speed, clock=clock, given=given)
+    if cfg.clock == "rig":
+        cfg.publish_estimates = True  # a lockstep rig waits for rigd's estimate of each frame
     if cfg.protocol is not None:
         import protocols
 
         cfg.protocol = protocols.resolve(cfg.protocol)
         if not cfg.protocol.exists():
             _fail(f"--protocol {cfg.protocol}: no such file, nor a shipped protocol ({', '.join(protocols.shipped())})")
-    _refuse_unsafe_start(cfg)
-    if cfg.rig == "sim" and cfg.trials is None and cfg.duration_s is None:
-        console.print("no --trials or --duration: running until Ctrl-C or `rigd stop`")
+    _claim_instance(cfg.name)
+    plan = _refuse_unsafe_start(cfg)
+    if cfg.trials is not None:
+        cfg.trials_from = "--trials"
+    elif cfg.replay is None:  # the protocol says how long a session is; the banner says which applies
+        cfg.trials, cfg.trials_from = plan.spec.session.n_trials, "protocol"
     from rig import supervisor
 
     try:
@@ -142,7 +186,86 @@ def start(
     console.print(f"session: {final['session_dir']}")
 
 
-def _refuse_unsafe_start(cfg: ServiceConfig) -> None:
+def _config_keys(config: Path | None) -> set[str]:
+    """The settings a ``--config`` TOML file gives (empty when none or unreadable)."""
+    if config is None:
+        return set()
+    import tomllib
+
+    try:
+        with open(config, "rb") as f:
+            return set(tomllib.load(f))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()
+
+
+def _replay_config(cfg: ServiceConfig, source: str, speed: str | None, *, clock: str | None,
+                   given: set[str]) -> ServiceConfig:
+    """``--rig replay:DIR``: the config with what the recording says (rig/replay_rig.py ``replay_settings``)."""
+    from rig.replay_rig import replay_settings
+
+    try:
+        over = replay_settings(Path(source), speed=speed, clock=clock, given=given, runtime=runtime_dir(),
+                               name=cfg.name)
+        return ServiceConfig.model_validate({**cfg.model_dump(), **over})
+    except ValidationError as exc:
+        _fail(_validation_message(exc))
+    except (OSError, ValueError) as exc:
+        _fail(f"--rig replay:{source}: {exc}")
+
+
+_instance_lock: int | None = None  #: the fd holding this process's instance lock (see _claim_instance)
+
+
+def _claim_instance(name: str) -> None:
+    """One ``rigd start`` per instance name on this machine; a second is refused with the first's endpoints.
+
+    An exclusive lock on ``<runtime dir>/<name>.lock`` is held for the life of this process (the OS
+    releases it when the process ends, however it ends), so a crashed instance never blocks a new
+    one. The lock file holds the owner's pid; its runtime file (``<name>.json``, written once it is
+    ready) has its endpoints. A runtime file left by a dead process is replaced, with a note.
+    """
+    global _instance_lock
+    d = runtime_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        _fail(f"runtime dir {d}: {exc} (RIGD_RUNTIME_DIR sets another)", code=1)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        info = _read_runtime(name)
+        if info is None:
+            _fail(f"rigd {name!r} is already starting (pid {owner}; runtime dir {d}); wait for it and "
+                  f"`rigd status --name {name}`, or start this one with another --name", code=1)
+        _fail(f"rigd {name!r} is already running: {_where(info)}; stop it with "
+              f"`rigd stop --name {name}`, or start this one with another --name", code=1)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _instance_lock = fd  # held (never closed) until this process exits
+    info = _read_runtime(name)
+    if info is not None:
+        pid = info.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and _alive(pid):  # an instance that takes no lock
+            _fail(f"rigd {name!r} is already running: {_where(info)}; stop it with "
+                  f"`rigd stop --name {name}`, or start this one with another --name", code=1)
+        err.print(f"note: replacing the runtime file {d / f'{name}.json'} left by rigd pid {pid}, which is "
+                  "no longer running", highlight=False)
+
+
+def _where(info: dict[str, Any]) -> str:
+    """An instance's pid, session and endpoints from its runtime file, for messages."""
+    parts = [f"pid {info.get('pid')}", f"session {info.get('session_dir')}", f"MQTT {info.get('mqtt')}",
+             f"ingest {info.get('ingest')}", f"commands {info.get('command')}"]
+    if info.get("ui"):
+        parts.append(f"live view {info['ui']}")
+    return ", ".join(parts)
+
+
+def _refuse_unsafe_start(cfg: ServiceConfig) -> Protocol:
     """Before anything starts: the calibration an external rig runs on, and the protocol's check.
 
     An external rig (a real animal) must run on its own measured calibration: the shipped
@@ -174,10 +297,11 @@ def _refuse_unsafe_start(cfg: ServiceConfig) -> None:
     # the session's protocol, or the default it runs without --protocol (a lab calibration may not allow it)
     file = cfg.protocol or protocols.shipped()[protocols.DEFAULT]
     result = _check_protocol_file(file, cal.safety_limits())
-    if not result.ok:
+    if not result.ok or result.protocol is None:
         err.print(result.report(), highlight=False)
         _fail(f"protocol {file}: rejected by `rigd protocol check` (above) against the calibration "
               f"{cfg.calibration or DEFAULT_CALIBRATION_NAME}; nothing started", code=1)
+    return result.protocol
 
 
 def _check_protocol_file(file: Path, limits: SafetyLimits) -> CheckResult:
@@ -211,16 +335,24 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _runtime_info(name: str) -> dict[str, Any] | None:
-    path = runtime_dir() / f"{name}.json"
+def _read_runtime(name: str) -> dict[str, Any] | None:
+    """The runtime file of instance ``name`` as written, alive or not (None: none or unreadable)."""
     try:
-        info: dict[str, Any] = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        info = json.loads((runtime_dir() / f"{name}.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _runtime_info(name: str) -> dict[str, Any] | None:
+    """The runtime file of instance ``name`` while its process runs (None: none, or a stale one)."""
+    info = _read_runtime(name)
+    if info is None:
         return None
     try:
         if not _alive(int(info["pid"])):
             return None  # stale file of a crashed instance
-    except (KeyError, ValueError):
+    except (KeyError, TypeError, ValueError):
         return None
     return info
 
@@ -277,36 +409,27 @@ def status(
 @app.command()
 def stop(
     name: Annotated[str, typer.Option(help="instance name")] = "rigd",
+    mqtt: Annotated[str | None, typer.Option(help="broker to send the stop to (default: the local instance's)")]
+    = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for a clean stop")] = 20.0,
 ) -> None:
-    """Stop a running instance cleanly (MQTT stop command; SIGTERM if the broker is unreachable)."""
+    """Stop a running instance cleanly (MQTT stop command; SIGTERM if the broker is unreachable).
+
+    With ``--mqtt`` an instance on another machine is stopped through the lab broker: it has
+    stopped when its retained status says so.
+    """
     info = _runtime_info(name)
+    url = mqtt or (info or {}).get("mqtt")
+    if url is None:
+        _fail(f"no running rigd named {name!r} on this machine (runtime dir {runtime_dir()}); "
+              "use --mqtt to stop one through a lab broker", code=1)
+        return
     if info is None:
-        _fail(f"no running rigd named {name!r} on this machine", code=1)
+        _stop_remote(name, url, timeout)
         return
     pid = int(info["pid"])
-
-    async def _send() -> bool:
-        """Publish cmd/stop until rigd confirms on stop/result (it may still be subscribing)."""
-        import aiomqtt
-
-        from rig.control_plane import parse_mqtt_url
-
-        host, port = parse_mqtt_url(info["mqtt"])
-        async with aiomqtt.Client(host, port, timeout=5) as c:
-            await c.subscribe(f"rigd/{name}/stop/result", qos=1)
-            for _ in range(5):
-                await c.publish(f"rigd/{name}/cmd/stop", b"{}", qos=1)
-                try:
-                    async with asyncio.timeout(2.0):
-                        async for _m in c.messages:
-                            return True
-                except TimeoutError:
-                    continue
-        return False
-
     try:
-        confirmed = asyncio.run(_send())
+        confirmed = asyncio.run(_send_stop(url, name))
     except Exception as exc:
         err.print(f"MQTT stop failed ({exc})")
         confirmed = False
@@ -323,6 +446,99 @@ def stop(
     _fail(f"rigd {name!r} (pid {pid}) did not stop within {timeout} s", code=1)
 
 
+async def _send_stop(url: str, name: str) -> bool:
+    """Publish cmd/stop until rigd confirms on stop/result (it may still be subscribing)."""
+    import aiomqtt
+
+    from rig.control_plane import parse_mqtt_url
+
+    host, port = parse_mqtt_url(url)
+    async with aiomqtt.Client(host, port, timeout=5) as c:
+        await c.subscribe(f"rigd/{name}/stop/result", qos=1)
+        for _ in range(5):
+            await c.publish(f"rigd/{name}/cmd/stop", b"{}", qos=1)
+            try:
+                async with asyncio.timeout(2.0):
+                    async for _m in c.messages:
+                        return True
+            except TimeoutError:
+                continue
+    return False
+
+
+ENDED_STATES = ("stopped", "offline")  #: retained status states of an instance that no longer runs
+
+
+def _stop_remote(name: str, url: str, timeout: float) -> None:
+    """Stop an instance known only by its broker: cmd/stop, then its status until it says it ended.
+
+    An instance on its embedded broker takes the broker with it when it exits: the connection
+    closing after a confirmed stop is its end too.
+    """
+    import aiomqtt
+
+    from rig.control_plane import parse_mqtt_url
+
+    status_topic, result_topic = f"rigd/{name}/status", f"rigd/{name}/stop/result"
+
+    async def _run() -> tuple[dict[str, Any], str]:
+        host, port = parse_mqtt_url(url)
+        last: dict[str, Any] = {}
+        confirmed = False
+        try:
+            async with aiomqtt.Client(host, port, timeout=5) as c:
+                await c.subscribe(status_topic, qos=1)
+                await c.subscribe(result_topic, qos=1)
+                deadline = time.monotonic() + 5.0 + timeout
+                next_send = time.monotonic() + 1.0  # first the retained status: is it running at all?
+                async with asyncio.timeout(5.0 + timeout):
+                    async for m in c.messages:
+                        obj = _json_object(m.payload)
+                        if m.topic.matches(result_topic):
+                            confirmed = True
+                        elif obj is not None:
+                            last = obj
+                            if obj.get("state") in ENDED_STATES:
+                                if confirmed:
+                                    return last, "stopped"
+                                _fail(f"no running rigd named {name!r} on {url} (its status: {obj['state']})",
+                                      code=1)
+                        if not confirmed and time.monotonic() >= next_send:
+                            if not last:
+                                _fail(f"no rigd named {name!r} on {url} (no status on {status_topic})", code=1)
+                            await c.publish(f"rigd/{name}/cmd/stop", b"{}", qos=1)
+                            next_send = time.monotonic() + 2.0
+                        if time.monotonic() > deadline:
+                            break
+        except TimeoutError:
+            pass
+        except aiomqtt.MqttError:
+            if confirmed:
+                return last, "stopped; its broker closed with it"
+            raise
+        return last, "confirmed" if confirmed else ""
+
+    try:
+        final, how = asyncio.run(_run())
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(f"could not stop rigd {name!r} through {url}: {type(exc).__name__}: {exc}", code=1)
+    if not how.startswith("stopped"):
+        what = "confirmed the stop but its status did not say stopped" if how else "did not confirm the stop"
+        _fail(f"rigd {name!r} on {url} {what} within {timeout} s", code=1)
+    console.print(f"rigd {name!r} {how} (via {url}); session {final.get('session_dir')}")
+
+
+def _json_object(payload: Any) -> dict[str, Any] | None:
+    """An MQTT payload as a JSON object (None if it is not one)."""
+    try:
+        obj = json.loads(payload if isinstance(payload, bytes | bytearray) else b"")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 @export_app.command("nwb")
 def export_nwb(
     session: Annotated[Path, typer.Argument(help="session directory")],
@@ -331,11 +547,12 @@ def export_nwb(
     """Export a session to NWB (units/binned counts, trials with photostim fields, opto series, decoder)."""
     from rig.nwb_export import export_session
 
+    _require_session(session, "export nwb")
     try:
         with console.status(f"exporting {session} to NWB…"):
             path = export_session(session, output)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc), code=1)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"rigd export nwb {session}: {exc}", code=1)
         return
     console.print(f"wrote {path}")
 
@@ -343,12 +560,41 @@ def export_nwb(
 @protocol_app.command("list")
 def protocol_list() -> None:
     """List the protocols shipped with rigd (usable by name wherever a protocol file is taken)."""
+    from rich.table import Table
+
     import protocols
 
+    table = Table(box=None, show_header=True, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
+    table.add_column("name", no_wrap=True)
+    table.add_column("description", overflow="fold")
     for name, path in protocols.shipped().items():
-        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
-        default = " (default of rigd start)" if name == protocols.DEFAULT else ""
-        console.print(f"{name}{default}\t{path}\t{first}", highlight=False, soft_wrap=True)
+        default = " (default)" if name == protocols.DEFAULT else ""
+        table.add_row(f"{name}{default}", _summary(path.read_text()))
+    console.print(table, highlight=False, soft_wrap=False)
+    console.print(f"files: {protocols.HERE}/<name>.toml; (default): what `rigd start` runs without --protocol",
+                  highlight=False, soft_wrap=False)
+
+
+SUMMARY_CHARS = 160  #: longest description `rigd protocol list` shows (then cut at a word, with "…")
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]][.!?])\s+(?=[A-Z(])")
+
+
+def _summary(text: str, limit: int = SUMMARY_CHARS) -> str:
+    """A protocol's first sentence from its leading comment block, never cut inside a word."""
+    lines = []
+    for ln in text.splitlines():
+        if not ln.startswith("#"):
+            break
+        lines.append(ln.lstrip("#").strip())
+    para = " ".join(" ".join(lines).split())
+    first = _SENTENCE_END.split(para, maxsplit=1)[0] if para else ""
+    if len(first) <= limit:
+        return first
+    head = first[:limit - 1]
+    # end at the last clause ("; ", " (", ": ", ", ") in its second half, else at the last word
+    clause = max(head.rfind(sep) for sep in ("; ", " (", ": ", ", "))
+    cut = head[:clause] if clause >= limit // 2 else head.rsplit(" ", 1)[0]
+    return cut.rstrip(",;:–-( ") + "…"
 
 
 @protocol_app.command("check")
@@ -417,10 +663,12 @@ def decoder_fit(
             sets.append(session_trialset(s, bin_s=bin_ms * 1e-3))
         except (FileNotFoundError, ValueError) as exc:
             _fail(f"{s}: {exc}", code=1)
-    with console.status(f"fitting {decoder} on {sum(t.n_trials for t in sets)} trials…"):
+    from rig.progress import count
+
+    with console.status(f"fitting {decoder} on {count(sum(t.n_trials for t in sets), 'trial')}…"):
         dec, report = fit_sessions(sets, decoder)
     dec.save(output)
-    console.print(f"{decoder}: cross-validated accuracy {report.accuracy:.3f} on {report.n_trials} trials "
+    console.print(f"{decoder}: cross-validated accuracy {report.accuracy:.3f} on {count(report.n_trials, 'trial')} "
                   f"→ {output}")
 
 
@@ -433,12 +681,13 @@ def decoder_accuracy(
 ) -> None:
     """Cross-validated decoding accuracy of the upcoming choice through the trial."""
     from decoders.fitting import accuracy_over_time
+    from rig.progress import count
     from rig.trials import session_trialset
 
     for s in sessions:
         ts = session_trialset(s, bin_s=bin_ms * 1e-3)
         times, acc = accuracy_over_time(decoder, ts, folds=folds)
-        console.print(f"{s} ({ts.n_trials} trials, {decoder}):")
+        console.print(f"{s} ({count(ts.n_trials, 'trial')}, {decoder}):")
         for t, a in zip(times, acc, strict=True):
             console.print(f"  t = {t:+.2f} s   accuracy {a:.3f}  " + "█" * round(40 * float(a)), highlight=False)
 
@@ -454,12 +703,37 @@ def report(
 
     from rig.report import write_report
 
-    if not session.exists():
-        _fail(f"{session}: no such session", code=1)
-    with Bar("[progress.description]{task.description}", BarColumn(), TimeRemainingColumn(),
-             console=console, transient=True) as bar:
-        path = write_report(session, output, progress=bar)
+    if not (session.is_file() and session.suffix.lower() == ".nwb"):
+        _require_session(session, "report", nwb=True)
+    try:
+        with Bar("[progress.description]{task.description}", BarColumn(), TimeRemainingColumn(),
+                 console=console, transient=True) as bar:
+            path = write_report(session, output, progress=bar)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"rigd report {session}: {exc}", code=1)
+        return
     console.print(f"wrote {path}")
+
+
+def _require_session(path: Path, command: str, nwb: bool = False) -> None:
+    """Refuse, in one line, a path that is not a session directory (what, where, expected vs got)."""
+    from rig.session import LOG_NAME, MANIFEST_NAME
+
+    expected = f"a rigd session directory (with {LOG_NAME} and {MANIFEST_NAME}, as `rigd start` writes)"
+    if nwb:
+        expected += " or an .nwb file from `rigd export nwb`"
+    if not path.exists():
+        got = "nothing there"
+    elif not path.is_dir():
+        got = "a file"
+    else:
+        missing = [n for n in (LOG_NAME, MANIFEST_NAME) if not (path / n).is_file()]
+        if not missing:
+            return
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+        shown = ", ".join(entries[:6]) + (f", … ({len(entries)} entries)" if len(entries) > 6 else "")
+        got = f"a folder without {' or '.join(missing)}" + (f" (holds {shown})" if entries else " (empty)")
+    _fail(f"rigd {command} {path}: not a session: expected {expected}, got {got}", code=1)
 
 
 def main() -> None:

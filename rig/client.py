@@ -5,7 +5,9 @@ events, light acknowledgements, heartbeats) and a SUB that *connects* to rigd's 
 (light commands and rigd's heartbeats). It numbers every stream, stamps every message with the
 rig's clock, identifies the rig instance in its heartbeats (``boot_id``, ``host``, ``pid``) and
 hands received light commands to the rig's own code. It knows nothing about decoders, protocols or
-sessions.
+sessions. For a rig in lockstep with rigd (a simulation or a replay on a virtual clock),
+:meth:`RigClient.wait_estimate` waits for rigd's estimate of a frame (DECODER_OUTPUT, published
+when rigd runs with ``--clock rig``) together with the light commands that frame caused.
 
 It also owns :class:`LightGuard`, the safety every rig must run on its own side whatever rigd
 does (docs/wire-protocol.md, "What every rig must implement"): the watchdog on rigd's heartbeat
@@ -130,15 +132,22 @@ class LightGuard:
         watchdog_s: rigd silence that turns the light off (default 0.5 s; rigd beats at 10 Hz).
         clock_ns: the rig clock the guard reads when a method is not given a time (the same clock
             as the commands' deadlines); :class:`RigClient` passes its own.
+        silence_clock_ns: the clock rigd's silence is measured on (default: ``clock_ns``). A rig
+            whose own clock does not follow wall time (a simulation in lockstep with rigd, which
+            may run many rig seconds per wall second) passes ``time.monotonic_ns``: light spans stay
+            on the rig clock, the watchdog on wall time. Heartbeat times given to
+            :meth:`note_rigd_heartbeat` and :meth:`rigd_silence_ns` are then on this clock.
     """
 
     def __init__(self, limits: RigLightLimits | None = None, *, watchdog_s: float = RIGD_WATCHDOG_S,
-                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock_ns: Callable[[], int] = time.monotonic_ns,
+                 silence_clock_ns: Callable[[], int] | None = None) -> None:
         if not (0.0 < watchdog_s <= 1.0):
             raise ValueError(f"LightGuard watchdog_s = {watchdog_s!r}: outside the allowed range (0 < value <= 1)")
         self.limits = limits or RigLightLimits()
         self.watchdog_ns = round(watchdog_s * _NS)
         self.clock_ns = clock_ns
+        self.silence_clock_ns = silence_clock_ns
         self.last_rigd_heartbeat_ns: int | None = None
         #: the START command lighting (or scheduled), and its light's rig-time span
         self.active: wire.LightCommandFields | None = None
@@ -153,17 +162,23 @@ class LightGuard:
     def _now(self, now_ns: int | None) -> int:
         return self.clock_ns() if now_ns is None else now_ns
 
+    def _silence_now(self, now_ns: int | None) -> int:
+        """Now on the silence clock (``now_ns``, if given, is on that clock)."""
+        if now_ns is not None:
+            return now_ns
+        return (self.silence_clock_ns or self.clock_ns)()
+
     def note_rigd_heartbeat(self, t_ns: int | None = None) -> None:
-        """A rigd heartbeat arrived (at ``t_ns``, default now): feeds the watchdog."""
-        t = self._now(t_ns)
+        """A rigd heartbeat arrived (at ``t_ns`` on the silence clock, default now): feeds the watchdog."""
+        t = self._silence_now(t_ns)
         if self.last_rigd_heartbeat_ns is None or t > self.last_rigd_heartbeat_ns:
             self.last_rigd_heartbeat_ns = t
 
     def rigd_silence_ns(self, now_ns: int | None = None) -> int | None:
-        """How long rigd has been silent (None before its first heartbeat)."""
+        """How long rigd has been silent at ``now_ns`` (silence clock; None before its first heartbeat)."""
         if self.last_rigd_heartbeat_ns is None:
             return None
-        return self._now(now_ns) - self.last_rigd_heartbeat_ns
+        return self._silence_now(now_ns) - self.last_rigd_heartbeat_ns
 
     def light_on(self, now_ns: int | None = None) -> bool:
         """Return True while an admitted START lights (or will light) at or after ``now_ns``."""
@@ -214,7 +229,7 @@ class LightGuard:
         now = self._now(now_ns)
         if not self.light_on(now):
             return None
-        silence = self.rigd_silence_ns(now)
+        silence = self.rigd_silence_ns(now if self.silence_clock_ns is None else None)
         if silence is not None and silence <= self.watchdog_ns:
             return None
         cmd = self.active
@@ -229,9 +244,36 @@ class LightGuard:
             self.t_on_ns = min(self.t_on_ns, now)
 
 
+class RigdEstimate(NamedTuple):
+    """rigd's estimate for one of this rig's SPIKE_COUNTS frames (DECODER_OUTPUT, docs/wire-protocol.md).
+
+    rigd sends one per frame when it publishes estimates (``rigd start --clock rig`` or
+    ``publish_estimates``), on the command socket, after that frame's light command if any.
+    """
+
+    seq: int  #: the frame's seq
+    t_rig_ns: int  #: the frame's t_rig_ns
+    cause_t_send_ns: int  #: the frame's t_send_ns
+    t_s: float  #: time from the trial's go cue (s)
+    value: float
+    confidence: float
+    left: float
+    right: float
+
+    @classmethod
+    def from_row(cls, row: npt.NDArray[Any]) -> RigdEstimate:
+        """One float64 row of 8 values as sent by rigd."""
+        r = [float(x) for x in row[:8]]
+        return cls(int(r[0]), int(r[1]), int(r[2]), r[3], r[4], r[5], r[6], r[7])
+
+
+class EstimateTimeoutError(TimeoutError):
+    """rigd did not send the estimate a lockstep rig waits for (:meth:`RigClient.wait_estimate`)."""
+
+
 @dataclass
 class Received:
-    """Messages from rigd collected by :meth:`RigClient.poll`."""
+    """Messages from rigd collected by :meth:`RigClient.poll` (or :meth:`RigClient.wait_estimate`)."""
 
     commands: list[wire.LightCommandFields] = field(default_factory=list)
     heartbeats: int = 0
@@ -240,6 +282,10 @@ class Received:
     #: the boot_id rigd follows for each rig id (None: rigd's heartbeat does not list them)
     rigd_boot_ids: dict[str, int] | None = None
     errors: list[str] = field(default_factory=list)
+    #: rigd's estimates for this rig's frames, in arrival order (only when rigd publishes them)
+    estimates: list[RigdEstimate] = field(default_factory=list)
+    #: the estimate :meth:`RigClient.wait_estimate` waited for (None: the wait was abandoned, or a poll)
+    estimate: RigdEstimate | None = None
 
 
 class RigClient:
@@ -289,6 +335,9 @@ class RigClient:
         self.safety_endpoints: list[str] = []
         self._seq = [0] * 8
         self.last_rigd_heartbeat_ns = 0
+        self.estimates_received = 0  #: rigd's estimates for this rig received so far
+        self.last_estimate: RigdEstimate | None = None
+        self._awaited = -1  #: the frame seq :meth:`wait_estimate` waits for
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -301,6 +350,20 @@ class RigClient:
                                    t_rig_ns=now if t_rig_ns is None else t_rig_ns, t_send_ns=now)
         self._pub.send_multipart([header, body], copy=False)
         return seq
+
+    def next_seq(self, stream: int) -> int:
+        """The seq the next message on ``stream`` gets."""
+        return self._seq[stream]
+
+    def set_next_seq(self, stream: int, seq: int) -> None:
+        """Number the next message on ``stream`` ``seq`` (a replay keeps its recording's numbering).
+
+        rigd accepts ``seq`` from last + 1 to last + 100,000 and drops an older one
+        (docs/wire-protocol.md, "Sequence numbers"): only ever move a stream forward.
+        """
+        if not (0 <= stream < len(self._seq)) or seq < 0:
+            raise ValueError(f"set_next_seq({stream}, {seq}): expected a stream 0 … {len(self._seq) - 1} and seq >= 0")
+        self._seq[stream] = seq
 
     def send_counts(self, counts: npt.NDArray[Any], t_rig_ns: int | None = None) -> int:
         """Publish one bin of spike counts, shape (n_units,) or (n_bins, n_units). Returns its seq."""
@@ -338,7 +401,67 @@ class RigClient:
 
         Every rigd heartbeat feeds :attr:`guard`'s watchdog (at the guard's clock).
         """
+        return self._collect(Received(), timeout_ms)
+
+    def wait_estimate(self, seq: int, timeout_s: float = 10.0, *,
+                      idle: Callable[[Received], bool] | None = None, idle_s: float = 0.05) -> Received:
+        """Wait until rigd's estimate for this rig's SPIKE_COUNTS frame ``seq`` arrives (a lockstep rig).
+
+        Polls as :meth:`poll` does (rigd's heartbeats feed :attr:`guard`) and returns everything
+        received meanwhile, the awaited estimate in ``estimate``. rigd sends a frame's light command
+        before the frame's estimate on the same socket, so every command caused by frame ``seq``
+        (and by the frames before it) is in ``commands``: a rig that applies them before computing
+        its next bin applies each command at exactly the bin after the frame that caused it.
+
+        ``idle`` is called with what has arrived so far at least every ``idle_s`` (wall time) while
+        the estimate is not in: the rig keeps its heartbeats going (≥ 2 Hz, docs/wire-protocol.md)
+        and runs its watchdog there. It returns False to abandon the wait (a stop was requested,
+        rigd is lost): the result's ``estimate`` is then None.
+
+        Raises :class:`EstimateTimeoutError` when the estimate is not in after ``timeout_s`` (wall), with
+        why: rigd silent altogether, rigd alive but not publishing estimates (start it with
+        ``--clock rig`` or ``publish_estimates``), or this frame's estimate missing (the frame dropped).
+        """
+        if not (timeout_s > 0.0 and idle_s > 0.0):
+            raise ValueError(f"wait_estimate: timeout_s {timeout_s!r} and idle_s {idle_s!r} must be > 0")
         out = Received()
+        self._awaited = seq
+        try:
+            if self.last_estimate is not None and self.last_estimate.seq == seq:  # already in (an earlier poll)
+                out.estimate = self.last_estimate
+                return out
+            start = time.monotonic()
+            deadline = start + timeout_s
+            next_idle = start + idle_s
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise EstimateTimeoutError(self._why_no_estimate(seq, timeout_s, out))
+                self._collect(out, max(1, math.ceil((min(deadline, next_idle) - now) * 1e3)))
+                if out.estimate is not None:
+                    return out
+                now = time.monotonic()
+                if now >= next_idle:
+                    next_idle = now + idle_s
+                    if idle is not None and not idle(out):
+                        return out
+        finally:
+            self._awaited = -1
+
+    def _why_no_estimate(self, seq: int, timeout_s: float, out: Received) -> str:
+        """The message of :class:`EstimateTimeoutError`: what rigd did while the rig waited."""
+        waited = f"rig {self.rig_id} waited {timeout_s:g} s for rigd's estimate of its frame seq {seq}"
+        if not out.heartbeats:
+            return f"{waited}, and rigd sent nothing at all (no heartbeat): rigd stopped, hung or unreachable"
+        if self.estimates_received == 0:
+            return (f"{waited}: rigd answers (heartbeats) but has published no decoder estimate to this rig; a "
+                    f"lockstep rig needs them: start rigd with --clock rig (or publish_estimates = true)")
+        last = self.last_estimate.seq if self.last_estimate is not None else None
+        return (f"{waited}: rigd publishes estimates (last for this rig: frame seq {last}) but none came for this "
+                f"frame: rigd dropped it (rigd status: errors.ingest.*) or its loop is stalled")
+
+    def _collect(self, out: Received, timeout_ms: int = 0) -> Received:
+        """Add to ``out`` every message rigd has sent, waiting up to ``timeout_ms`` for the first."""
         if timeout_ms and not self._sub.poll(timeout_ms):
             return out
         while True:
@@ -367,6 +490,17 @@ class RigClient:
                         if isinstance(boots, dict) else None
                 elif h.kind == wire.Kind.LIGHT_COMMAND and h.rig_id == self.rig_id:
                     out.commands.append(wire.unpack_light_command(frames[1].buffer))
+                elif h.kind == wire.Kind.DECODER_OUTPUT and h.rig_id == self.rig_id:
+                    rows = wire.payload_array(h, frames[1].buffer)
+                    if rows.shape[-1] < 8:
+                        raise wire.WireError("shape", f"DECODER_OUTPUT of shape {h.shape}; expected rows of 8")
+                    for row in rows.reshape(-1, rows.shape[-1]):
+                        est = RigdEstimate.from_row(row)
+                        out.estimates.append(est)
+                        self.estimates_received += 1
+                        self.last_estimate = est
+                        if est.seq == self._awaited:
+                            out.estimate = est
             except wire.WireError as exc:
                 out.errors.append(str(exc))
 

@@ -8,11 +8,19 @@ for safety or latency are named here with their units and sources.
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MIN_FIT_TRIALS = 10  #: fewest trials ``decoders.online.OnlineDecoder`` fits on (it refuses fewer)
+
+
+def fresh_seed() -> int:
+    """A new 32-bit seed from the OS's entropy (the default: each session its own trial order)."""
+    return secrets.randbits(32)
 
 
 class ServiceConfig(BaseModel):
@@ -22,8 +30,21 @@ class ServiceConfig(BaseModel):
 
     name: str = Field("rigd", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="instance name (MQTT prefix)")
     rig: Literal["sim", "external"] = "sim"
+    #: with rig "sim": the rig is the replay of this recorded session (``--rig replay:DIR``, rig/replay_rig.py)
+    #: instead of the simulated mouse; recorded in the manifest as what the session replays
+    replay: Path | None = Field(None, description="recorded session directory to replay as the rig")
+    #: replay pace: × the recorded rig clock (1 = real time), or "max": lockstep (needs clock = "rig")
+    replay_speed: float | Literal["max"] = Field(1.0, description="replay speed: × real time, or 'max' (lockstep)")
+    #: None → the protocol's ``[session] n_trials`` (``rigd start`` fills it in and says so)
     trials: int | None = Field(None, ge=1, le=100_000, description="stop after this many trials")
+    #: what set ``trials``: "--trials" (the CLI or --config) or "protocol" (its [session] n_trials);
+    #: recorded in the manifest with the rest of the config
+    trials_from: Literal["--trials", "protocol"] | None = None
     duration_s: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="stop after this long")
+    #: the pipeline's time: "wall" (rigd's monotonic clock: deadlines, light limits and watchdogs in real
+    #: time) or "rig" (each frame's rig time: a simulated or replayed rig in lockstep, as fast as the
+    #: pipeline keeps up, deterministic; never for a rig with an animal on it)
+    clock: Literal["wall", "rig"] = Field("wall", description="pipeline time: wall, or rig (sim/replay lockstep)")
     session_dir: Path = Path("sessions")
     mqtt: str | None = Field(None, description="lab broker mqtt://host:port; None → embedded broker")
     mqtt_port: int = Field(0, ge=0, le=65535, description="embedded broker port; 0 → a free port")
@@ -35,7 +56,9 @@ class ServiceConfig(BaseModel):
     subject: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,80}$", description="animal id")
     #: where light ledgers live (default: $RIGD_STATE_DIR or ~/.local/state/rigd, under ledger/)
     ledger_dir: Path | None = None
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    #: a fresh random seed each start unless given (``--seed N`` reproduces a session: it is printed
+    #: at start, recorded in the manifest and in the session directory's name)
+    seed: int = Field(default_factory=fresh_seed, ge=0, le=2**32 - 1)
     rig_ids: list[int] = Field(default_factory=lambda: [1])
     #: units per rig (and raw channels) a rig may describe; a larger description is refused at the handshake
     #: before rigd allocates anything for it (docs/wire-protocol.md, "Limits")
@@ -49,7 +72,8 @@ class ServiceConfig(BaseModel):
     decoder_file: Path | None = Field(None, description="start with this fitted decoder (rigd decoder fit)")
     publish_estimates: bool = Field(False, description="send every frame's estimate back to the rig")
     decoder_mode: Literal["freeze", "adaptive"] = "adaptive"
-    n_fit_trials: int = Field(20, ge=4, le=10_000, description="control trials before the first fit")
+    #: the online decoder fits and cross-validates on at least MIN_FIT_TRIALS trials (decoders/online.py)
+    n_fit_trials: int = Field(20, ge=MIN_FIT_TRIALS, le=10_000, description="control trials before the first fit")
     # simulated rig (docs/simulator.md)
     mu_left: float = Field(0.6, ge=0, le=1)
     mu_right: float = Field(0.6, ge=0, le=1)
@@ -106,6 +130,31 @@ class ServiceConfig(BaseModel):
         if not v or any(r <= 0 or r >= 2**32 for r in v):
             raise ValueError(f"rig ids must be 1 … 2^32-1 (0 is rigd itself), got {v}")
         return v
+
+    @field_validator("replay_speed")
+    @classmethod
+    def _replay_speed(cls, v: float | str) -> float | str:
+        if v != "max" and not (isinstance(v, float | int) and 0.0 < v <= 1000.0):
+            raise ValueError(f"expected 'max' or a speed 0 < x <= 1000 (× the recorded rig clock), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _replay_consistent(self) -> ServiceConfig:
+        if self.replay is not None and self.rig != "sim":
+            raise ValueError(f"replay needs rig = 'sim' (the replay takes the simulated rig's place), got {self.rig!r}")
+        if self.replay is not None and (self.replay_speed == "max") != (self.clock == "rig"):
+            raise ValueError("a replay at speed 'max' runs in lockstep on the rig's clock (clock = 'rig'), one at "
+                             f"a numeric speed on wall time (clock = 'wall'); got speed {self.replay_speed!r} "
+                             f"with clock {self.clock!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _rig_clock_only_simulated(self) -> ServiceConfig:
+        if self.clock == "rig" and (self.rig == "external" or self.subject is not None):
+            got = "rig = 'external'" if self.rig == "external" else f"subject {self.subject!r}"
+            raise ValueError("clock = 'rig' runs the pipeline on the rig's own time, for a simulated or "
+                             f"replayed rig without an animal only; got {got}")
+        return self
 
     @classmethod
     def load(cls, file: Path | None, **overrides: Any) -> ServiceConfig:

@@ -1,19 +1,25 @@
-"""Dry run: rehearse a protocol on the simulated mouse in-process, without sockets.
+"""Dry run: rehearse a protocol on the simulated mouse in-process, through the live pipeline.
 
 What ``rigd protocol check FILE --dry-run N`` calls.
 
-This module owns the offline rehearsal loop: the simulated mouse is stepped bin by bin, its trial
-events feed the :class:`~controllers.trial_state.TrialTracker`, its counts feed the online decoder
-(closed-loop protocols), the protocol's controller decides, and every request goes through the real
-:class:`~hardware.interlock.LightInterlock` to a light source that calls ``mouse.apply_light``.
-It returns the expected trial counts per condition, the light dose per hemisphere, behavioural
-performance per condition with Wilson 95 % CIs, the modularity M of each hemisphere with a bootstrap CI
-(Chen et al. 2021's M, conventions of docs/simulator.md: the mean latent of the unperturbed hemisphere
-over the protocol's light window, read through :attr:`SimulatedMouse.latent`, on trials with the partner
-silenced vs control; all completed trials), and, for the state-triggered protocol, the effect of light
-in weak vs strong states with a test of their difference, next to the vectorised offline model's
-prediction for the same mouse and protocol (:func:`offline_state_prediction`). It opens no socket and
-reads no clock: the mouse's own rig clock drives everything.
+This module owns the rehearsal: the simulated mouse is stepped bin by bin and each bin goes
+through the same :class:`~rig.pipeline.Pipeline` a live session runs (trial tracker → the
+configured online decoder → the protocol's controller → deadline → the real
+:class:`~hardware.interlock.LightInterlock`), on the rig's clock (``clock="rig"``: decoder builds
+and refits are waited for, so the rehearsal is deterministic). Each bin is handed over as a
+simulated rig in lockstep sends it (``rigd start --rig sim --clock rig``): the frame, then the
+bin's trial events; the light commands the frame caused are applied to the mouse before its
+next bin and acknowledged to the pipeline, so a live lockstep session of the same seed,
+protocol and decoder makes the same decisions.
+
+It returns the expected trial counts per condition, the light dose per hemisphere (the
+interlock's own account), behavioural performance per condition with Wilson 95 % CIs, the
+modularity M of each hemisphere with a bootstrap CI (Chen et al. 2021's M, conventions of
+docs/simulator.md: the mean latent of the unperturbed hemisphere over the protocol's light window,
+read through :attr:`SimulatedMouse.latent`, on trials with the partner silenced vs control; all
+completed trials), and, for the state-triggered protocol, the effect of light in weak vs strong
+states with a test of their difference, next to the vectorised offline model's prediction for the
+same mouse and protocol (:func:`offline_state_prediction`). It opens no socket and reads no clock.
 """
 
 from __future__ import annotations
@@ -32,12 +38,12 @@ from controllers.policies import ModularityProbe, modularity_with_ci
 from controllers.protocol import Protocol, build_controller, light_window_from_go, load_protocol
 from controllers.trial_state import TrialTracker
 from decoders.base import Estimate
-from decoders.coding_direction import CodingDirection
-from decoders.online import OnlineDecoder
 from hardware.calibration import SafetyLimits, default_limits
 from hardware.interlock import LightInterlock
-from hardware.light_source import RecordingLightSource
-from rig.wire import LightCommandFields
+from hardware.light_source import WireLightSource
+from rig import wire
+from rig.errors import Counters
+from rig.pipeline import InlineExecutor, Pipeline, PipelineParts, online_decoder
 from sim.config import MouseConfig
 from sim.mouse import SimulatedMouse
 
@@ -70,6 +76,8 @@ class DryRunResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     estimator: str = "none"
     modularity: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the pipeline's trial summaries, exactly as a live session records them (type "trial" records)
+    pipeline_trials: list[dict[str, Any]] = field(default_factory=list)
 
     def report(self) -> str:
         """Markdown-ish summary (what ``rigd protocol check --dry-run`` prints)."""
@@ -107,27 +115,53 @@ def _condition(log: dict[str, Any]) -> str:
     return "trial"
 
 
-def _make_decoder(mouse: SimulatedMouse, bin_s: float) -> OnlineDecoder:
-    return OnlineDecoder(lambda: CodingDirection(window_s=0.4), n_units=mouse.n_units,
-                         hemisphere=mouse.units.hemisphere, bin_s=bin_s, n_fit_trials=40, mode="freeze")
+class LatentReader:
+    """The ideal decoder (``estimator="latent"``): the simulated mouse's latent per hemisphere as the estimate."""
+
+    def __init__(self, mouse: SimulatedMouse) -> None:
+        self.mouse = mouse
+        self.estimate = Estimate()
+
+    def step(self, counts: np.ndarray[Any, Any], seq: int, t_s: float) -> Estimate:
+        """The latent after this bin (the counts are not read)."""
+        e = self.estimate
+        e.left, e.right = self.mouse.latent
+        e.value, e.ready, e.t_s, e.seq = e.left + e.right, True, t_s, seq
+        return e
+
+    def on_trial_start(self, trial: int) -> None:
+        """Nothing to collect."""
+
+    def on_trial_end(self, trial: int, choice: int, instructed: int, correct: bool, use_for_fit: bool) -> bool:
+        """Never fits."""
+        return False
+
+    def status(self) -> dict[str, Any]:
+        """What it serves."""
+        return {"decoder": "latent", "ready": True}
 
 
 def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConfig | None = None,
             seed: int = 0, limits: SafetyLimits | None = None,
             estimator: Literal["auto", "decoder", "latent", "none"] = "auto",
             controller: Controller | None = None,
-            progress: Callable[[int], object] | None = None) -> DryRunResult:
+            progress: Callable[[int], object] | None = None,
+            decoder: str = "cd", decoder_mode: Literal["freeze", "adaptive"] = "adaptive",
+            n_fit_trials: int = 20) -> DryRunResult:
     """Run ``protocol`` for ``n_trials`` completed trials on the simulated mouse, in-process.
 
     Args:
         protocol: a loaded protocol or a protocol file/text.
         n_trials: trials to run (early-lick aborts included).
         config: the mouse (default: μ = 0.6, 5-ms bins, short ITI for speed).
-        seed: seeds the mouse; the controller uses the protocol's seed.
+        seed: seeds the mouse and the protocol's controller, as ``rigd start --seed`` does.
         limits: interlock limits (default calibration).
-        estimator: what feeds ``Estimate`` for closed-loop protocols: the online CD decoder
-            ("decoder"), the simulator's latent per hemisphere ("latent": the ideal decoder), or
-            nothing; "auto" = decoder for closed-loop kinds, nothing for blocks.
+        estimator: what feeds ``Estimate``: the online decoder a session would run ("decoder"),
+            the simulator's latent per hemisphere ("latent": the ideal decoder), or nothing;
+            "auto" = decoder for closed-loop kinds, nothing for blocks.
+        decoder: the online decoder's name, as ``rigd start --decoder``.
+        decoder_mode: "adaptive" (refits through the session) or "freeze", as a session's.
+        n_fit_trials: control trials before the first fit, as ``rigd start --n-fit-trials``.
         controller: use this controller instead of the one the protocol builds.
         progress: called with the number of finished trials after each trial (progress bars).
 
@@ -136,78 +170,71 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
     kind = proto.spec.protocol.kind
     cfg = config or default_config(proto)
     mouse = SimulatedMouse(cfg, seed)
-    ctrl = controller or build_controller(proto)
-    alarms: list[dict[str, Any]] = []
-
-    def to_mouse(f: LightCommandFields) -> object:
-        return mouse.apply_light(f, mouse.t_rig_ns)
-
-    source = RecordingLightSource(forward=to_mouse)
-    il = LightInterlock(limits or default_limits(), source, alarms.append)
-    tracker = TrialTracker()
-    est = Estimate()
+    ctrl = controller or build_controller(proto, seed=seed)
     mode = estimator if estimator != "auto" else ("none" if kind == "block" else "decoder")
-    dec = _make_decoder(mouse, cfg.bin_s) if mode == "decoder" else None
-    logs: list[dict[str, Any]] = []
+    alarms: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    minted: list[bytes] = []  # the light commands of the current bin, applied before the next one
+    lim = limits or default_limits()
+
+    def make_decoder(desc: dict[str, Any]) -> Any:
+        if mode == "latent":
+            return LatentReader(mouse)
+        return online_decoder(desc, decoder=decoder, n_fit_trials=n_fit_trials, mode=decoder_mode,
+                              default_bin_s=cfg.bin_s)
+
+    def on_trial(summary: dict[str, Any]) -> None:
+        if summary.get("type") == "trial":
+            summaries.append(summary)
+            if progress is not None:
+                progress(len(summaries))
+
+    parts = PipelineParts(tracker=TrialTracker, controller=lambda rig: ctrl,
+                          interlock=lambda rig, send, alarm: LightInterlock(lim, WireLightSource(send), alarm),
+                          decoder=make_decoder if mode in ("decoder", "latent") else None)
+    pipe = Pipeline(1, parts, send_light=minted.append, counters=Counters(), record=lambda rec, t: None,
+                    on_alarm=alarms.append, on_trial=on_trial, builds=InlineExecutor(), fits=InlineExecutor(),
+                    clock="rig")
+    pipe.describe(mouse.description)
     win0, win1 = light_window_from_go(proto.spec)
     acc = [0.0, 0.0, 0]  # per trial: sums of x_L, x_R and bins inside the light window (strict bounds)
-    summaries: dict[int, tuple[float, float]] = {}
+    window_latent: dict[int, tuple[float, float]] = {}
     seq = 0
-    energy = {"left": 0.0, "right": 0.0}
-    light_trials: set[int] = set()
-    while len(logs) < n_trials:
+    while len(summaries) < n_trials:
         out = mouse.step()
+        pipe.frame(seq, out.t_rig_ns, out.t_rig_ns, out.counts, out.t_rig_ns)
         seq += 1
-        now = out.t_rig_ns
-        for name, fields in out.events:
-            ev = {"event": name, **fields}
-            t_ev = int(fields.get("t_rig_ns", now))
-            if name == "trial_end":
-                st = tracker.state
-                if acc[2]:
-                    summaries[st.trial] = (acc[0] / acc[2], acc[1] / acc[2])
-                    if isinstance(ctrl, ModularityProbe):  # the probe reads the latent, not Estimate
-                        ctrl.add_trial_summary(st.trial, summaries[st.trial][0 if ctrl.read == "left" else 1])
-                acc[0] = acc[1] = 0.0
-                acc[2] = 0
-                logs.append(ctrl.on_trial_end(st))
-                if progress is not None:
-                    progress(len(logs))
-                if dec is not None and st.outcome in ("hit", "error"):
-                    dec.on_trial_end(st.trial, st.choice, st.instructed, st.outcome == "hit",
-                                     use_for_fit=st.trial not in light_trials)
-            tracker.on_event(ev, t_ev)
-            if name == "trial_start":
-                il.on_trial_start(int(fields["trial"]))
-                if dec is not None:
-                    dec.on_trial_start(int(fields["trial"]))
-        st = tracker.on_frame(now)
-        il.heartbeat(now)
         t_tr = mouse.trial_time_s
         x_l, x_r = mouse.latent
         if win0 < t_tr < win1:
             acc[0] += x_l
             acc[1] += x_r
             acc[2] += 1
-        if dec is not None:
-            if not math.isnan(st.t_s):
-                e = dec.step(out.counts, seq, st.t_s)
-                est.left, est.right, est.value, est.ready = e.left, e.right, e.value, e.ready
-                est.confidence = e.confidence
-        elif mode == "latent":
-            est.left, est.right = x_l, x_r  # the ideal decoder: the simulator's latent
-            est.value, est.ready = est.left + est.right, True
-        req = ctrl.step(st, est, now)
-        if req is not None:
-            d = il.request(req, now_ns=now, cause_seq=seq, cause_t_rig_ns=now, cause_t_send_ns=now,
-                           deadline_rig_ns=now + round(req.deadline_budget_s * 1e9))
-            if d.approved and d.command is not None:
-                light_trials.add(req.trial)
-                c = d.command
-                for h, mask in (("left", c.spots_left), ("right", c.spots_right)):
-                    energy[h] += c.power_mw_per_spot * 1e-3 * bin(mask).count("1") * c.duration_s
-    return _summarise(proto, logs=logs, mouse=mouse, energy=energy, il=il, alarms=alarms, mode=mode,
-                      summaries=summaries)
+        for name, fields in out.events:
+            ev = {"event": name, **{k: v for k, v in fields.items() if k != "t_rig_ns"}}
+            if name == "trial_end":
+                trial = pipe.tracker.state.trial
+                if acc[2]:
+                    window_latent[trial] = (acc[0] / acc[2], acc[1] / acc[2])
+                    if isinstance(ctrl, ModularityProbe):  # the probe reads the latent, not Estimate
+                        ctrl.add_trial_summary(trial, window_latent[trial][0 if ctrl.read == "left" else 1])
+                acc[0] = acc[1] = 0.0
+                acc[2] = 0
+            pipe.event(ev, int(fields.get("t_rig_ns", out.t_rig_ns)))
+        for payload in minted:  # the rig receives the bin's commands before it computes the next bin
+            cmd = wire.unpack_light_command(payload)
+            t_recv = mouse.t_rig_ns
+            status, t_change = mouse.apply_light(cmd, t_recv)
+            pipe.ack(wire.LightAckFields(cmd.command_id, cmd.cause_seq, cmd.cause_t_send_ns, t_recv, t_change,
+                                         status))
+        minted.clear()
+    il = pipe.interlock
+    energy = {"left": il.energy_total_j[0], "right": il.energy_total_j[1]}
+    logs = [{**(t.get("decision") or {}), "trial": t["trial"]} for t in summaries[:n_trials]]
+    result = _summarise(proto, logs=logs, mouse=mouse, energy=energy, il=il, alarms=alarms,
+                        mode=mode, summaries=window_latent)
+    result.pipeline_trials = summaries[:n_trials]
+    return result
 
 
 def default_config(proto: Protocol, **overrides: Any) -> MouseConfig:

@@ -1,17 +1,17 @@
 """The hot path: one frame in, at most one light command out, synchronously, on its own thread.
 
-This module owns rigd's two data-plane sockets (ingest SUB, command PUB; both bound here) and
-the per-frame chain, run for the rig that sent the frame::
+This module owns rigd's two data-plane sockets (ingest SUB, command PUB; both bound here), the
+validation of everything a rig sends, and each rig's connection state (sequence numbers, the rig
+process it follows, the header fast path, poll-ahead)::
 
-    recv → validate header/sequence → trial tracker → decoder.step → controller.step
-         → deadline check → light interlock (which alone sends the command) → telemetry stamp
+    recv → validate header/sequence/values → rig/pipeline.py (trial tracker → decoder → controller
+         → deadline check → light interlock, which alone sends the command) → telemetry stamp
 
-Each configured rig gets its own :class:`RigPipeline` (tracker, decoder, controller, interlock)
-when its first heartbeat describes it. Every received message is handed, unparsed and uncopied,
-to the recorder. Nothing in the chain awaits, logs or does file I/O; errors are counted
-(rig/errors.py) and detailed off the path. Trial ends (labels for decoder calibration, per-trial
-logs) happen here too but outside the per-frame chain, and decoder refits run on a worker thread
-and are swapped in between frames.
+Each configured rig gets its own :class:`RigConnection` and :class:`~rig.pipeline.Pipeline` when
+its first heartbeat describes it; the pipeline is the same object the dry run and replayed
+sessions run. Every received message is handed, unparsed and uncopied, to the recorder. Nothing
+in the chain awaits, logs or does file I/O; errors are counted (rig/errors.py) and detailed off
+the path. Decoders are built and refitted on worker threads and installed between trials.
 """
 
 from __future__ import annotations
@@ -31,15 +31,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from controllers.base import Controller, Epoch
-from controllers.trial_state import TrialTracker
 from decoders.base import Estimate
-from decoders.online import OnlineDecoder
 from hardware.acquisition import ThresholdDetector
-from hardware.interlock import LightInterlock
 from rig import wire
-from rig.conditions import light_truth
 from rig.errors import Counters
+from rig.pipeline import AlarmFn, ClockMode, Pipeline, PipelineParts
 from rig.rig_identity import Heard, RigIdentity, UnitLimitError, validate_description, who, whole
 from rig.session import RIGD_RIG_ID, Recorder
 from rig.streams import Seq, StreamSequences, Verdict, describe
@@ -51,7 +47,6 @@ DECODER_CHUNK = 1000  #: decoder outputs recorded per DECODER_OUTPUT record
 DECODER_FIELDS = ("seq", "t_rig_ns", "t_s", "value", "confidence", "left", "right")
 KNOWN_EVENTS = frozenset({"trial_start", "sample_on", "delay_on", "go_cue", "lick", "early_lick",
                           "outcome", "trial_end"})
-_SIDE = {"left": -1, "right": 1}
 _EST_FIELDS = struct.Struct("<IIQqq")  #: rig_id, stream_id, seq, t_rig_ns, t_send_ns at header offset 20
 _EST_ROW = struct.Struct("<8d")  #: a published estimate: seq, t_rig_ns, cause t_send_ns, t_s, value, confidence, l, r
 _DEC_ROW = struct.Struct(f"<{len(DECODER_FIELDS)}d")  #: one recorded decoder-output row (DECODER_FIELDS)
@@ -63,48 +58,21 @@ PERIOD_MAX_NS = 50_000_000
 #: units per rig (and raw channels) above which a rig description is refused at the handshake, before
 #: anything is allocated for it (ServiceConfig.max_units, ``rigd start --max-units``)
 DEFAULT_MAX_UNITS = 200_000
-AlarmFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
-class TrialBook:
-    """Per-trial bookkeeping kept until the trial's summary is logged."""
-
-    trial: int
-    instructed: int = 0
-    outcome: str = ""
-    choice: int = 0
-    reaction_time_s: float | None = None
-    early_lick: bool = False
-    light: dict[str, Any] = field(default_factory=dict)
-    refused: list[str] = field(default_factory=list)
-    late_decisions: int = 0
-    t_start_rig_ns: int = 0
-    start_inferred: bool = False  #: opened by a later event: the trial's ``trial_start`` never arrived
-    cd_end_delay: tuple[float, float] = (float("nan"), float("nan"))
-
-
-@dataclass
-class RigPipeline:
-    """One connected rig: its description, sequence state and its own closed loop."""
+class RigConnection:
+    """One connected rig: its description, its wire state (sequences, identity, fast path) and its pipeline."""
 
     rig_id: int
     description: dict[str, Any]
     n_units: int
     last_heartbeat_ns: int
-    tracker: TrialTracker
-    controller: Controller
-    interlock: LightInterlock
-    decoder: OnlineDecoder | None = None
+    pipeline: Pipeline
     #: per-stream sequence state (rig/streams.py); ``last_seq`` is its dict of last accepted seqs,
     #: read and advanced in place by the fast path
     streams: StreamSequences = field(default_factory=StreamSequences)
     last_seq: dict[int, int] = field(init=False)
-    books: dict[int, TrialBook] = field(default_factory=dict)
-    last_book_trial: int = -1  #: the newest trial a book was opened for (older ones are summarised)
-    sent_commands: dict[int, dict[str, Any]] = field(default_factory=dict)
-    fit_future: concurrent.futures.Future[Any] | None = None
-    fit_decoder: OnlineDecoder | None = None
     detector: ThresholdDetector | None = None  #: for rigs that stream raw samples
     #: fast path: the first 20 header bytes of this rig's last fully validated SPIKE_COUNTS frame
     #: (a frame with identical bytes there and the announced payload size is valid by construction)
@@ -115,28 +83,14 @@ class RigPipeline:
     #: against ``counts_limit`` (wire.count_limit); u8/u16 frames use ``counts_prefix`` and no check
     checked_prefix: bytes = b""
     counts_limit: tuple[np.dtype[Any], int] | None = None
-    frames: int = 0
-    trials_done: int = 0
     #: poll-ahead: when this rig's last frame arrived and its running inter-arrival period (ns)
     t_last_frame_ns: int = 0
     frame_period_ns: int = 0
     #: the rig process heard now (heartbeat "boot_id", "host", "pid"); a new boot_id is a restart
     identity: RigIdentity = field(default_factory=RigIdentity)
-    #: the decoder being built on the build worker (installed between frames; None until then)
-    decoder_future: concurrent.futures.Future[OnlineDecoder] | None = None
 
     def __post_init__(self) -> None:
         self.last_seq = self.streams.last
-
-
-@dataclass
-class PipelineFactory:
-    """How the supervisor builds the pure parts of a rig's pipeline."""
-
-    tracker: Callable[[], TrialTracker]
-    controller: Callable[[int], Controller]
-    interlock: Callable[[int, Callable[[bytes], None], AlarmFn], LightInterlock]  #: (rig_id, send, on_alarm)
-    decoder: Callable[[dict[str, Any]], OnlineDecoder]
 
 
 class HotLoop:
@@ -145,10 +99,12 @@ class HotLoop:
     Args:
         ingest_endpoint / command_endpoint: endpoints to bind (``tcp://127.0.0.1:*`` picks a port).
         rig_ids: rig ids accepted; anything else is counted as ``unknown_rig``.
-        parts: builds each rig's tracker, controller, interlock (around a function that puts a
-            packed light command on the command socket: the loop never sees the light source)
-            and online decoder (once the rig has described its units).
+        parts: builds each rig's pipeline parts (rig/pipeline.py): tracker, controller, interlock
+            (around a function that puts a packed light command on the command socket: the loop
+            never sees the light source) and online decoder (once the rig has described its units).
         deadline_ns: decision budget from frame receipt; a later decision is dropped, never sent.
+        clock: the pipelines' time: "wall" (rigd's monotonic clock) or "rig" (each frame's rig
+            time: a simulated or replayed rig in lockstep; see rig/pipeline.py).
         on_alarm / on_trial: called from this thread; must be cheap and thread-safe.
         publish_estimates: also send every frame's estimate back on the command socket
             (DECODER_OUTPUT, float64 (8,): seq, t_rig_ns, cause t_send_ns, t_s, value,
@@ -177,7 +133,7 @@ class HotLoop:
         ingest_endpoint: str,
         command_endpoint: str,
         rig_ids: set[int],
-        parts: PipelineFactory,
+        parts: PipelineParts,
         recorder: Recorder,
         telemetry: LoopTelemetry,
         counters: Counters,
@@ -190,6 +146,7 @@ class HotLoop:
         loop_cpu: int | None = None,
         poll_ahead_us: int = 0,
         beat: LoopBeat | None = None,
+        clock: ClockMode = "wall",
     ) -> None:
         if context is None:
             # the hot loop's own context: its I/O thread moves the frames, so under SCHED_FIFO it is
@@ -216,7 +173,8 @@ class HotLoop:
         self.ingest_endpoint = self.sub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.command_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.rig_ids = set(rig_ids)
-        self.pipelines: dict[int, RigPipeline] = {}
+        self.pipelines: dict[int, RigConnection] = {}
+        self.clock: ClockMode = clock
         self.parts = parts
         self.recorder = recorder
         self.telemetry = telemetry
@@ -232,7 +190,6 @@ class HotLoop:
         self._est_out = bytearray(_EST_ROW.size)
         self._est_header = bytearray(wire.pack_header(wire.Kind.DECODER_OUTPUT, wire.DType.F64, (8,), rig_id=0,
                                                       stream_id=4, seq=0, t_rig_ns=0, t_send_ns=0))
-        self._no_estimate = Estimate()
         self._dec_buf = bytearray(DECODER_CHUNK * _DEC_ROW.size)  # DECODER_FIELDS rows, packed float64
         self._dec_n = 0
         self._stop = threading.Event()
@@ -413,16 +370,15 @@ class HotLoop:
 
     def _all_off(self, reason: str, now: int) -> None:
         for p in self.pipelines.values():
-            p.interlock.all_off(reason, now_ns=now)
+            p.pipeline.all_off(reason, now)
 
     def _housekeeping(self, now: int) -> None:
-        """Every heartbeat period: the interlocks' watchdogs, finished decoder refits, the snapshot.
+        """Every heartbeat period: the interlocks' watchdogs, the snapshot.
 
         The snapshot other threads read is refreshed at 2 Hz and whenever a rig joined.
         """
         for p in self.pipelines.values():
-            p.interlock.check_watchdog(now)
-            self._maybe_swap_decoder(p)
+            p.pipeline.check_watchdog(now)
         self._n_hb += 1
         if self._n_hb % 5 == 1 or len(self.published) != len(self.pipelines):
             self._publish_status()
@@ -431,8 +387,8 @@ class HotLoop:
         """Replace :attr:`published` with a fresh snapshot (loop thread only)."""
         self.published = MappingProxyType({r: MappingProxyType({
             "description": p.description,
-            "decoder": p.decoder.status() if p.decoder is not None else {"ready": False},
-            "interlock": dict(p.interlock.publish())}) for r, p in self.pipelines.items()})
+            "decoder": p.pipeline.decoder_status(),
+            "interlock": dict(p.pipeline.interlock.publish())}) for r, p in self.pipelines.items()})
 
     # -- status (any thread: read the loop's last snapshot, at most ~0.5 s old) ---------------
 
@@ -473,29 +429,16 @@ class HotLoop:
         self._hb_seq += 1
         self.pub.send_multipart([h, p])
         for pl in self.pipelines.values():
-            pl.interlock.heartbeat(now)
+            pl.pipeline.heartbeat(now)
 
-    def _send_light(self, pl: RigPipeline, payload: bytes) -> None:
-        """Put a packed light command (minted by ``pl``'s interlock) on the command socket."""
+    def _send_light(self, rig_id: int, payload: bytes) -> None:
+        """Put a packed light command (minted by a rig's interlock) on the command socket."""
         now = time.monotonic_ns()
-        h, p = wire.encode(wire.Kind.LIGHT_COMMAND, payload, rig_id=pl.rig_id, stream_id=2,
+        h, p = wire.encode(wire.Kind.LIGHT_COMMAND, payload, rig_id=rig_id, stream_id=2,
                            seq=self._cmd_seq, t_rig_ns=now, t_send_ns=now)
         self._cmd_seq += 1
         self.pub.send_multipart([h, p], copy=False)
         self.recorder.put(h, p, now)
-        cmd = wire.unpack_light_command(payload)
-        info = {"command_id": cmd.command_id, "action": cmd.action.name,
-                "hemisphere": _hemisphere_name(cmd.spots_left, cmd.spots_right),
-                "spots_left": cmd.spots_left, "spots_right": cmd.spots_right,
-                "power_mw_per_spot": round(cmd.power_mw_per_spot, 6),
-                "duration_s": round(cmd.duration_s, 6), "ramp_down_s": round(cmd.ramp_down_s, 6),
-                "waveform": cmd.waveform.name.lower(), "freq_hz": cmd.freq_hz,
-                "onset_t_s": pl.tracker.state.t_s, "trial": cmd.trial, "status": "sent"}
-        book = pl.books.get(cmd.trial)
-        if book is not None and cmd.action == wire.LightAction.START:
-            book.light = info
-        # kept until the rig acknowledges (or a few trials later: see _finish_trial); "sent" until then
-        pl.sent_commands[cmd.command_id] = info
 
     def _alarm(self, alarm: dict[str, Any]) -> None:
         now = time.monotonic_ns()
@@ -612,7 +555,7 @@ class HotLoop:
             if pl is None:
                 self.counters.inc("events.undescribed_rig")
                 return
-            self._on_event(pl, ev, h.t_rig_ns)
+            pl.pipeline.event(ev, h.t_rig_ns)
         elif kind == wire.Kind.LIGHT_ACK:
             try:
                 ack = wire.unpack_light_ack(pbuf)
@@ -620,8 +563,10 @@ class HotLoop:
                 self.counters.error("acks", exc.reason, str(exc))
                 return
             self.recorder.put(hbuf, pbuf, t_recv)
+            if ack.status in (wire.AckStatus.APPLIED, wire.AckStatus.LATE) and ack.cause_t_send_ns:
+                self.telemetry.add_e2e((ack.t_received_rig_ns - ack.cause_t_send_ns) * 1e-3)
             if pl is not None:
-                self._on_ack(pl, ack)
+                pl.pipeline.ack(ack)
         elif kind == wire.Kind.HEARTBEAT:
             self._on_heartbeat(pl, h, hbuf, pbuf, t_recv, desc)
         elif kind == wire.Kind.RAW_SAMPLES and pl is not None and pl.detector is not None:
@@ -638,7 +583,7 @@ class HotLoop:
             self.counters.error("ingest", "kind", f"rigs may not send {kind.name}; expected SPIKE_COUNTS, "
                                 "SPIKE_EVENTS, RAW_SAMPLES, TRIAL_EVENT, LIGHT_ACK or HEARTBEAT")
 
-    def _on_heartbeat(self, pl: RigPipeline | None, h: wire.Header, hbuf: memoryview, pbuf: memoryview,
+    def _on_heartbeat(self, pl: RigConnection | None, h: wire.Header, hbuf: memoryview, pbuf: memoryview,
                       t_recv: int, desc: dict[str, Any] | None = None) -> None:
         """A rig's heartbeat: its description, validated before anything is built or resized for it."""
         try:
@@ -660,10 +605,7 @@ class HotLoop:
         elif pl.n_units != n_units:
             pl.n_units = n_units
             pl.counts_prefix = pl.checked_prefix = b""  # frames are validated afresh against the new description
-            pl.decoder = None  # sized for the old units: frames run without a decoder until the new one is in
-            self._new_decoder(pl, desc)
-        elif pl.decoder is None:
-            self._install_decoder(pl)
+            pl.pipeline.describe(desc)  # never the old decoder on new units: none until the new one is in
         pl.description, pl.last_heartbeat_ns = desc, t_recv
 
     def _validate_description(self, rig_id: int, desc: dict[str, Any], *, known: bool) -> int:
@@ -683,7 +625,7 @@ class HotLoop:
                 self._alarm({"source": "ingest", "rig_id": rig_id, "message": msg})
             raise wire.WireError("n_units", msg) from None
 
-    def _check_boot(self, pl: RigPipeline, desc: dict[str, Any], t_recv: int) -> bool:
+    def _check_boot(self, pl: RigConnection, desc: dict[str, Any], t_recv: int) -> bool:
         """Whether a known rig's heartbeat is kept: False drops it (a second sender claiming the id).
 
         Same boot_id as the process rigd follows: kept. A new one: the rig restarted. An earlier one
@@ -716,17 +658,14 @@ class HotLoop:
         self._restarted(pl, t_recv)
         return True
 
-    def _restarted(self, pl: RigPipeline, t_recv: int) -> None:
+    def _restarted(self, pl: RigConnection, t_recv: int) -> None:
         """The rig's process changed (a new boot_id): its streams and trials start afresh.
 
         Its interlock (energy, perturbed fraction), controller and decoder carry on.
         """
         old, new = pl.identity.previous.get("boot_id"), pl.identity.boot_id
         pl.streams.reset()  # the new process counts every stream from its own start
-        for trial in sorted(pl.books):  # the old process's open trials never get their end
-            self._finish_trial(pl, trial)
-        pl.last_book_trial = -1  # the new process may number its trials from 0 again
-        pl.tracker = self.parts.tracker()
+        pl.pipeline.restarted()
         self.counters.inc("rigs.restarts")
         self._alarm({"source": "rig", "severity": "warning", "rig_id": pl.rig_id,
                      "message": f"rig {pl.rig_id} restarted (boot_id {old} → {new})"})
@@ -734,7 +673,7 @@ class HotLoop:
                            "boot_id": new, "sender": pl.identity.sender}, t_recv)
         self._announce_rigs(t_recv)  # the new process's handshake ends when it sees its boot_id listed
 
-    def _resynchronised(self, pl: RigPipeline, stream: int, v: Verdict, t_recv: int) -> None:
+    def _resynchronised(self, pl: RigConnection, stream: int, v: Verdict, t_recv: int) -> None:
         """A run of off-sequence messages took over a stream (rig/streams.py): say so."""
         self.counters.inc("ingest.resyncs")
         n = self.counters.get("ingest.resyncs")
@@ -745,7 +684,7 @@ class HotLoop:
         self.recorder.log({"type": "rig", "event": "resync", "rig_id": pl.rig_id, "stream_id": stream,
                            "seq": v.run_start, "last_seq_before": v.last, "off_sequence": v.off}, t_recv)
 
-    def _counts_ok(self, pl: RigPipeline, seq: int, counts: np.ndarray[Any, Any]) -> bool:
+    def _counts_ok(self, pl: RigConnection, seq: int, counts: np.ndarray[Any, Any]) -> bool:
         """Whether a frame's counts obey the value rules (finite, 0 … wire.MAX_COUNT); if not, counted.
 
         u8/u16 frames never come here; for the other dtypes it is one integer reduction (wire.counts_valid).
@@ -760,20 +699,20 @@ class HotLoop:
                             f"{bad[1]}; expected finite counts in [0, {wire.MAX_COUNT}]", rig_id=pl.rig_id)
         return False
 
-    def _new_pipeline(self, rig_id: int, desc: dict[str, Any], n_units: int, now: int) -> RigPipeline:
+    def _new_pipeline(self, rig_id: int, desc: dict[str, Any], n_units: int, now: int) -> RigConnection:
         """A configured rig described itself (validated): build its closed loop (the decoder off this thread)."""
-        holder: list[RigPipeline] = []
-        interlock = self.parts.interlock(rig_id, lambda payload: self._send_light(holder[0], payload), self._alarm)
-        pl = RigPipeline(rig_id, desc, n_units, now, self.parts.tracker(), self.parts.controller(rig_id),
-                         interlock)
-        holder.append(pl)
+        pipeline = Pipeline(rig_id, self.parts, send_light=lambda payload: self._send_light(rig_id, payload),
+                            counters=self.counters, record=self.recorder.log, on_alarm=self._alarm,
+                            on_trial=self._on_trial, builds=self._build_pool, fits=self._pool,
+                            deadline_ns=self.deadline_ns, clock=self.clock)
+        pl = RigConnection(rig_id, desc, n_units, now, pipeline)
         raw = whole(desc.get("raw_channels"))
         if raw:  # validated: ≤ max_units, negative threshold, sane sample rate
             pl.detector = ThresholdDetector(raw, float(desc.get("threshold_sd", -4.5)),
                                             int(float(desc.get("sample_rate_hz", 30_000))))
         pl.identity.hear(desc, now)  # the process that described the rig is the one followed
-        interlock.heartbeat(now)
-        self._new_decoder(pl, desc)
+        pipeline.heartbeat(now)
+        pipeline.describe(desc)  # its decoder is built on the build worker, never on this thread
         self.pipelines[rig_id] = pl
         self.recorder.log({"type": "rig", "event": "connected", "rig_id": rig_id, "description": desc}, now)
         self._announce_rigs(now)
@@ -788,76 +727,19 @@ class HotLoop:
         self._hb_payload = self.heartbeat_payload()
         self._heartbeat(now)
 
-    def _new_decoder(self, pl: RigPipeline, desc: dict[str, Any]) -> None:
-        """Start building ``pl``'s decoder on the build worker (never on this thread).
-
-        Its memory is allocated there, and only for a validated description. Frames until it is
-        installed (between frames, by :meth:`_install_decoder`) run without a decoder (counted
-        ``frames.without_decoder``).
-        """
-        if pl.decoder_future is not None:
-            pl.decoder_future.cancel()  # a build for an older description, if it has not started
-        pl.decoder_future = self._build_pool.submit(self.parts.decoder, desc)
-
-    def _install_decoder(self, pl: RigPipeline) -> OnlineDecoder | None:
-        """Install ``pl``'s decoder if its build has finished (loop thread, between frames)."""
-        fut = pl.decoder_future
-        if fut is None or not fut.done():
-            return None
-        pl.decoder_future = None
-        try:
-            dec = fut.result()
-        except Exception as exc:  # e.g. MemoryError, or a description field the decoder cannot use
-            self.counters.inc("decoder.build_errors")
-            self._alarm({"source": "decoder", "severity": "error", "rig_id": pl.rig_id,
-                         "message": f"cannot build a decoder for rig {pl.rig_id} ({pl.n_units} units): "
-                                    f"{type(exc).__name__}: {exc}; it runs without one"})
-            return None
-        pl.decoder = dec
-        self.recorder.log({"type": "decoder", "event": "created", "rig_id": pl.rig_id, "status": dec.status()},
-                          time.monotonic_ns())
-        return dec
-
-    def _frame_without_decoder(self, pl: RigPipeline) -> OnlineDecoder | None:
-        """A frame found no decoder: install one that is ready, else count the frame."""
-        dec = self._install_decoder(pl)
-        if dec is None:
-            self.counters.inc("frames.without_decoder")
-        return dec
-
-    def _on_counts(self, pl: RigPipeline, seq: int, t_rig_ns: int, t_send_ns: int, counts: np.ndarray[Any, Any],
-                   t_recv: int) -> None:
-        """The per-frame chain."""
+    def _on_counts(self, pl: RigConnection, seq: int, t_rig_ns: int, t_send_ns: int,
+                   counts: np.ndarray[Any, Any], t_recv: int) -> None:
+        """The per-frame chain: the rig's pipeline, then the estimate out and the telemetry stamp."""
         if self.poll_ahead_ns:  # running inter-arrival period (1/16 per frame) for the next prediction
             d = t_recv - pl.t_last_frame_ns
             if d < PERIOD_MAX_NS:
                 pl.frame_period_ns += (d - pl.frame_period_ns) >> 4 if pl.frame_period_ns else d
             pl.t_last_frame_ns = t_recv
         t_parsed = time.monotonic_ns()
-        state = pl.tracker.on_frame(t_rig_ns)
-        dec = pl.decoder
-        if dec is None:
-            dec = self._frame_without_decoder(pl)
-        est = dec.step(counts, seq, state.t_s) if dec is not None else self._no_estimate
-        t_decoded = time.monotonic_ns()
-        req = pl.controller.step(state, est, t_rig_ns)
-        t_controlled = time.monotonic_ns()
-        t_sent = t_controlled
-        if req is not None:
-            book = pl.books.get(state.trial)
-            # the service's budget, tightened by the protocol's own if that is smaller
-            budget = min(self.deadline_ns, int(req.deadline_budget_s * 1e9))
-            if t_controlled - t_recv > budget:
-                self.counters.inc("late_decisions")  # late decision → no light
-                if book is not None:
-                    book.late_decisions += 1
-            else:
-                decision = pl.interlock.request(
-                    req, now_ns=t_controlled, cause_seq=seq, cause_t_rig_ns=t_rig_ns,
-                    cause_t_send_ns=t_send_ns, deadline_rig_ns=t_rig_ns + budget,
-                    deadline_ns=t_recv + budget)  # the same budget on rigd's own clock
-                if not decision.approved and book is not None:
-                    book.refused.append(decision.reason)
+        cmd_seq = self._cmd_seq
+        pipeline = pl.pipeline
+        est = pipeline.frame(seq, t_rig_ns, t_send_ns, counts, t_recv)
+        t_sent = pipeline.t_controlled
         if self.publish_estimates:
             # one packed row, then the preallocated header (only rig, seq and times change per frame)
             _EST_ROW.pack_into(self._est_out, 0, seq, t_rig_ns, t_send_ns, est.t_s, est.value, est.confidence,
@@ -866,15 +748,10 @@ class HotLoop:
             self._est_seq += 1
             self.pub.send(self._est_header, zmq.SNDMORE)
             self.pub.send(self._est_out)
-        if req is not None or self.publish_estimates:
+        if self._cmd_seq != cmd_seq or self.publish_estimates:
             t_sent = time.monotonic_ns()
         self._record_estimate(seq, t_rig_ns, est)
-        self.telemetry.record(seq, t_recv, t_parsed, t_decoded, t_controlled, t_sent)
-        if state.epoch == Epoch.DELAY and -0.35 < state.t_s <= 0.0:
-            book = pl.books.get(state.trial)
-            if book is not None:
-                book.cd_end_delay = (est.left, est.right)
-        pl.frames += 1
+        self.telemetry.record(seq, t_recv, t_parsed, pipeline.t_decoded, pipeline.t_controlled, t_sent)
         self.frames += 1
 
     def _record_estimate(self, seq: int, t_rig_ns: int, est: Estimate) -> None:
@@ -891,143 +768,6 @@ class HotLoop:
             rows = np.frombuffer(self._dec_buf, dtype="<f8", count=self._dec_n * len(DECODER_FIELDS))
             self.recorder.put_message(wire.Kind.DECODER_OUTPUT, rows.reshape(self._dec_n, -1).copy(), now)
             self._dec_n = 0
-
-    def _on_ack(self, pl: RigPipeline, ack: wire.LightAckFields) -> None:
-        if ack.status in (wire.AckStatus.APPLIED, wire.AckStatus.LATE) and ack.cause_t_send_ns:
-            self.telemetry.add_e2e((ack.t_received_rig_ns - ack.cause_t_send_ns) * 1e-3)
-        sent = pl.sent_commands.get(ack.command_id)
-        if sent is not None:
-            sent["status"] = ack.status.name.lower()
-            if ack.status == wire.AckStatus.APPLIED and ack.t_light_change_rig_ns:
-                sent["t_light_change_rig_ns"] = ack.t_light_change_rig_ns  # the measured onset
-            if "planned_condition" in sent:  # its trial's summary is already written: say what changed
-                self.counters.inc("acks.after_trial_summary")
-                update = {"type": "light_update", "rig_id": pl.rig_id, "trial": sent.get("trial"),
-                          "command_id": ack.command_id, "light": dict(sent),
-                          **light_truth(sent["planned_condition"], sent)}
-                self.recorder.log(update, time.monotonic_ns())
-                if self._on_trial is not None:
-                    self._on_trial(update)
-        if ack.status == wire.AckStatus.LATE:
-            self.counters.inc("late_at_rig")
-        elif ack.status == wire.AckStatus.WATCHDOG_OFF:
-            self._alarm({"source": "rig_watchdog", "rig_id": pl.rig_id,
-                         "message": f"rig {pl.rig_id}'s watchdog turned the light off (no heartbeat from rigd)"})
-        elif ack.status == wire.AckStatus.INVALID:
-            self._alarm({"source": "rig", "rig_id": pl.rig_id,
-                         "message": f"rig {pl.rig_id} refused light command {ack.command_id} as invalid"})
-
-    def _on_event(self, pl: RigPipeline, ev: dict[str, Any], t_rig_ns: int) -> None:
-        name = ev["event"]
-        trial = int(ev["trial"])
-        if trial <= pl.last_book_trial and trial not in pl.books:  # its trial is already summarised
-            self.counters.inc("events.after_trial_end")
-            pl.tracker.on_event(ev, t_rig_ns)  # the tracker counts it late
-            return
-        if name == "trial_start":
-            self._open_book(pl, trial, t_rig_ns, _SIDE.get(str(ev.get("instructed")), 0))
-            pl.tracker.on_event(ev, t_rig_ns)
-            if pl.decoder is not None:
-                pl.decoder.on_trial_start(trial)
-            pl.interlock.on_trial_start(trial, time.monotonic_ns())
-            return
-        if name == "trial_end":
-            if trial not in pl.books:  # every earlier event of the trial was lost: it still counts as a trial
-                self.counters.inc("events.without_trial_start")
-                self._open_book(pl, trial, t_rig_ns, 0).start_inferred = True
-            self._finish_trial(pl, trial)  # controllers read the state before the tracker leaves the trial
-            pl.tracker.on_event(ev, t_rig_ns)
-            return
-        pl.tracker.on_event(ev, t_rig_ns)
-        book = pl.books.get(trial)
-        if book is None:
-            # its trial_start was lost: the tracker inferred the trial, and so does its summary, so the
-            # light, refusals and late decisions of the trial are still attributed to it
-            self.counters.inc("events.without_trial_start")
-            book = self._open_book(pl, trial, t_rig_ns, 0)
-            book.start_inferred = True
-        if name == "early_lick":
-            book.early_lick = True
-        elif name == "outcome":
-            book.outcome = str(ev.get("outcome", ""))
-            book.choice = _SIDE.get(str(ev.get("choice")), 0)
-            rt = ev.get("reaction_time_s")
-            book.reaction_time_s = float(rt) if isinstance(rt, int | float) else None
-            if book.outcome == "early_lick":
-                book.early_lick = True
-
-    def _open_book(self, pl: RigPipeline, trial: int, t_rig_ns: int, instructed: int) -> TrialBook:
-        # a trial whose end never arrived is closed now (robust to a lost trial_end)
-        for t in [t for t in pl.books if t < trial]:
-            self._finish_trial(pl, t)
-        book = pl.books.get(trial)
-        if book is None:
-            book = pl.books[trial] = TrialBook(trial, instructed, t_start_rig_ns=t_rig_ns)
-        else:  # a trial_start after the trial was inferred (out of order): it fills in what it knows
-            book.instructed, book.t_start_rig_ns = instructed or book.instructed, t_rig_ns
-        pl.last_book_trial = max(pl.last_book_trial, trial)
-        return book
-
-    def _finish_trial(self, pl: RigPipeline, trial: int) -> None:
-        book = pl.books.pop(trial, None)
-        if book is None:
-            return
-        state = pl.tracker.state
-        decision = pl.controller.on_trial_end(state) if state.trial == trial else {}
-        perturbed = bool(book.light)
-        correct = book.outcome == "hit"
-        usable = (not perturbed) and (not book.early_lick) and book.choice != 0
-        if pl.decoder is not None and pl.decoder.on_trial_end(trial, book.choice, book.instructed, correct, usable):
-            self._submit_refit(pl)
-        condition = decision.get("condition") or (book.light.get("hemisphere") if perturbed else "control")
-        # planned vs delivered: one rule for every reader (rig/conditions.py); light counts only once
-        # the rig acknowledged it APPLIED (an ack after this summary comes as a "light_update" record)
-        truth = light_truth(condition, book.light or None)
-        summary: dict[str, Any] = {
-            "type": "trial", "rig_id": pl.rig_id, "trial": trial,
-            "instructed": {1: "right", -1: "left"}.get(book.instructed),
-            "outcome": book.outcome or "unknown",
-            "choice": {1: "right", -1: "left"}.get(book.choice),
-            "correct": correct, "early_lick": book.early_lick, "reaction_time_s": book.reaction_time_s,
-            "condition": condition, "light": dict(book.light) if book.light else None, "refused": book.refused,
-            "late_decisions": book.late_decisions, "decision": decision,
-            "cd_end_delay_left": _finite(book.cd_end_delay[0]),
-            "cd_end_delay_right": _finite(book.cd_end_delay[1]),
-            "t_start_rig_ns": book.t_start_rig_ns, "start_inferred": book.start_inferred, **truth,
-        }
-        self.recorder.log(summary, time.monotonic_ns())
-        if book.light:  # a later ack of this command updates the counts (see _on_ack)
-            book.light["planned_condition"] = truth["planned_condition"]
-        for cid in [c for c, info in pl.sent_commands.items() if int(info.get("trial", trial)) < trial - 2]:
-            del pl.sent_commands[cid]  # acks this late are joined from the recording only
-        pl.trials_done += 1
-        if self._on_trial is not None:
-            self._on_trial(summary)
-
-    # -- decoder refits (worker thread) -------------------------------------------------------
-
-    def _submit_refit(self, pl: RigPipeline) -> None:
-        if pl.fit_future is not None or pl.decoder is None:
-            return
-        pl.fit_decoder = pl.decoder
-        pl.fit_future = self._pool.submit(pl.decoder.prepare_fit())
-
-    def _maybe_swap_decoder(self, pl: RigPipeline) -> None:
-        fut = pl.fit_future
-        if fut is None or not fut.done():
-            return
-        pl.fit_future = None
-        try:
-            result = fut.result()
-        except Exception as exc:  # a failed fit must not stop the loop
-            self.counters.inc("decoder.fit_errors")
-            self._alarm({"source": "decoder", "severity": "warning", "message": f"decoder fit failed: {exc}"})
-            return
-        if pl.decoder is None or pl.decoder is not pl.fit_decoder:
-            return  # the rig re-described itself meanwhile: this fit is for an old decoder
-        pl.decoder.swap(result)
-        self.recorder.log({"type": "decoder_fit", "rig_id": pl.rig_id, "status": pl.decoder.status()},
-                          time.monotonic_ns())
 
 
 def _may_realtime() -> bool:
@@ -1063,13 +803,3 @@ def _try_realtime(priority: int) -> str:
     except (AttributeError, PermissionError, OSError) as exc:
         return f"not available ({type(exc).__name__}: {exc})"
     return f"SCHED_FIFO {priority}"
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
-def _hemisphere_name(spots_left: int, spots_right: int) -> str:
-    if spots_left and spots_right:
-        return "bilateral"
-    return "left" if spots_left else ("right" if spots_right else "none")

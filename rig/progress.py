@@ -11,7 +11,7 @@ import asyncio
 import collections
 import math
 import sys
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -19,6 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from rig.conditions import trial_condition
+
+if TYPE_CHECKING:
+    from rig.config import ServiceConfig
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` with its noun in the right number: "1 trial", "0 trials", "40 trials"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 class TrialStats:
@@ -78,6 +86,8 @@ class TrialStats:
 
 
 class _Status(Protocol):
+    cfg: ServiceConfig
+
     def status(self) -> dict[str, Any]: ...
 
 
@@ -89,7 +99,7 @@ def _decoder_line(d: dict[str, Any]) -> str:
     name = d.get("decoder") or "?"
     if not d.get("ready"):
         pool = d.get("pool_trials")
-        return f"{name}: calibrating" + (f" ({pool} control trials pooled)" if pool is not None else "")
+        return f"{name}: calibrating" + (f" ({count(int(pool), 'control trial')} pooled)" if pool is not None else "")
     acc = d.get("online_accuracy")
     fit = d.get("fit_accuracy")
     parts = [f"{name}: fitted {d.get('n_fits', 0)}×"]
@@ -98,7 +108,7 @@ def _decoder_line(d: dict[str, Any]) -> str:
     if acc is not None:
         parts.append(f"online acc {acc:.2f}")
     if d.get("age_trials") is not None:
-        parts.append(f"age {d['age_trials']} trials")
+        parts.append(f"age {count(int(d['age_trials']), 'trial')}")
     return ", ".join(parts)
 
 
@@ -134,6 +144,21 @@ def render(status: dict[str, Any]) -> Group:
     return Group(head, t, tail, *last)
 
 
+def stop_plan(cfg: ServiceConfig) -> str:
+    """When the session ends, what set it, and how to end it earlier (the banner's "stops" line)."""
+    ends = []
+    if cfg.trials is not None:
+        why = ("the protocol's [session] n_trials; --trials N overrides" if cfg.trials_from == "protocol"
+               else "--trials")
+        ends.append(f"after {count(cfg.trials, 'trial')} ({why})")
+    if cfg.duration_s is not None:
+        ends.append(f"after {cfg.duration_s:g} s (--duration)")
+    stop = "rigd stop" if cfg.name == "rigd" else f"rigd stop --name {cfg.name}"
+    if not ends:
+        return f"when stopped: Ctrl-C or `{stop}`"
+    return f"{' or '.join(ends)}; earlier: Ctrl-C or `{stop}`"
+
+
 class Progress:
     """Start banner, live table (TTY) or periodic lines, and the final summary."""
 
@@ -151,6 +176,11 @@ class Progress:
         self.console.print(f"  ingest    {info['ingest']}   commands {info['command']}")
         if info.get("ui"):
             self.console.print(f"  live view {info['ui']}")
+        cfg = self.service.cfg
+        given = "seed" in cfg.model_fields_set
+        self.console.print(f"  seed      {cfg.seed} ({'--seed' if given else 'fresh'}; "
+                           f"--seed {cfg.seed} repeats this trial order)", highlight=False)
+        self.console.print(f"  stops     {stop_plan(cfg)}", highlight=False, markup=False)
 
     async def run(self) -> None:
         """Refresh the live view at 2 Hz (or print a line every 5 s) until cancelled."""

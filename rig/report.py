@@ -36,6 +36,7 @@ from scipy import stats
 from hardware.calibration import default_limits
 from rig import wire
 from rig.conditions import CONDITIONS, NOT_DELIVERED, canonical_condition, delivered_condition, join_recorded_acks
+from rig.progress import count
 from rig.session import Session
 from rig.telemetry import FIELDS
 from sim import analysis
@@ -761,7 +762,7 @@ def figure_selectivity(res: dict[str, Any], data: ReportData, path: Path) -> str
             ax.fill_between(t_s, lo, hi, color=COLOURS[c], alpha=0.15, lw=0)
         t90 = "no full recovery" if s.t90_s is None else f"t90 {s.t90_s:.2f} s"
         ax.set_title(
-            f"{h} ALM ({len(s.units)} neurons): M = {s.modularity:.2f} "
+            f"{h} ALM ({count(len(s.units), 'neuron')}): M = {s.modularity:.2f} "
             f"[{s.modularity_ci[0]:.2f}, {s.modularity_ci[1]:.2f}], {t90}",
             fontsize=9,
         )
@@ -878,7 +879,7 @@ def figure_light(dose: dict[str, Any], data: ReportData, path: Path) -> str:
     fig.suptitle(
         f"Light dose vs interlock limits ({data.limits_source}); perturbed "
         f"{dose['fraction_perturbed']:.1%} of trials (max {dose['max_fraction_perturbed']:.0%}); "
-        f"{dose['refused_trials']} trials with refusals",
+        f"{count(int(dose['refused_trials']), 'trial')} with refusals",
         fontsize=9,
     )
     fig.tight_layout()
@@ -1080,7 +1081,7 @@ pre {{ background: #f6f7f9; padding: 10px; overflow-x: auto; font-size: 12px; }}
 li.refusal {{ color: #b3261e; font-weight: 600; }} code {{ font-size: 12px; }}
 </style></head><body>
 <h1>Session report: {e(data.name)}</h1>
-<p>Source: {e(data.source)} · {nums["n_trials"]} trials
+<p>Source: {e(data.source)} · {count(int(nums["n_trials"]), "trial")}
 ({nums["n_complete_trials_with_counts"]} completed with spike counts) ·
 conditions {e(json.dumps(nums["conditions"]))}</p>
 {f"<ul class='notes'>{notes}</ul>" if notes else ""}

@@ -33,15 +33,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import protocols
 from controllers.base import Controller
 from controllers.protocol import Protocol, build_controller, check_protocol, load_protocol
 from controllers.trial_state import TrialTracker
-from decoders import load as load_decoder
-from decoders import registry as decoder_registry
-from decoders.base import LEFT, RIGHT
 from decoders.online import OnlineDecoder
 from hardware.calibration import load_calibration
 from hardware.interlock import LightInterlock
@@ -52,8 +47,9 @@ from rig.broker import embedded_broker
 from rig.config import ServiceConfig, is_placeholder_calibration, runtime_dir
 from rig.control_plane import ControlPlane
 from rig.errors import Counters
-from rig.loop import DECODER_FIELDS, HotLoop, PipelineFactory
-from rig.progress import Progress, TrialStats
+from rig.loop import DECODER_FIELDS, HotLoop
+from rig.pipeline import PipelineParts, online_decoder
+from rig.progress import Progress, TrialStats, count
 from rig.session import MANIFEST_NAME, Recorder, write_json_atomic
 from rig.telemetry import FIELDS as TELEMETRY_FIELDS
 from rig.telemetry import LoopTelemetry
@@ -61,7 +57,6 @@ from rig.watchdog import LoopBeat, safety_endpoint_for
 
 #: the protocol `rigd start` runs when none is given (Chen et al. 2021's default block, docs/protocols.md)
 DEFAULT_PROTOCOL = protocols.shipped()[protocols.DEFAULT]
-POOL_BUDGET_BYTES = 512 * 1024 * 1024  #: memory for the decoder's calibration pool
 CONTROL_READY_TIMEOUT_S = 5.0  #: longest wait for the control plane to subscribe before reporting ready
 SHUTDOWN_LIMIT_S = 10.0  #: longest a requested stop may take before the session is closed by force
 FORCED_EXIT_CODE = 3  #: exit status of a shutdown that had to be forced
@@ -120,7 +115,7 @@ class Service:
         self.beat = LoopBeat(runtime_dir() / f"{cfg.name}-{os.getpid()}.beat")
         self.watchdog_proc: asyncio.subprocess.Process | None = None
         self.guard = ShutdownGuard(self)
-        parts = PipelineFactory(tracker=TrialTracker, controller=self._make_controller,
+        parts = PipelineParts(tracker=TrialTracker, controller=self._make_controller,
                                 interlock=self._make_interlock, decoder=self._make_decoder)
         self.hot = HotLoop(
             ingest_endpoint=cfg.ingest_endpoint, command_endpoint=cfg.command_endpoint,
@@ -128,7 +123,7 @@ class Service:
             telemetry=self.telemetry, counters=self.counters, deadline_ns=int(cfg.deadline_ms * 1e6),
             on_alarm=self._alarm_from_thread, on_trial=self._trial_from_thread,
             publish_estimates=cfg.publish_estimates, realtime_priority=cfg.realtime_priority,
-            loop_cpu=cfg.loop_cpu, poll_ahead_us=cfg.poll_ahead_us, beat=self.beat)
+            loop_cpu=cfg.loop_cpu, poll_ahead_us=cfg.poll_ahead_us, beat=self.beat, clock=cfg.clock)
         self.hot.max_units = cfg.max_units
 
     def _open_ledgers(self) -> None:
@@ -148,26 +143,11 @@ class Service:
             self.ledgers[r] = led
             self.ledger_history[r] = led.load(window)
     def _make_decoder(self, desc: dict[str, Any]) -> OnlineDecoder:
-        """The online decoder for a rig's units (left hemisphere first, per the wire protocol)."""
-        n = int(desc["n_units"])
-        n_left = int(desc.get("units_left", n // 2))
-        hemisphere = np.where(np.arange(n) < n_left, LEFT, RIGHT).astype(np.int8)
-        cls = decoder_registry[self.cfg.decoder]
-        frame_s = float(desc.get("bin_s", self.cfg.bin_ms * 1e-3))
-        # calibration trials are pooled at a coarser bin so the pool fits in memory at any unit count
-        fit_bin_s = 0.01 if n <= 2_000 else 0.05 if n <= 20_000 else 0.1
-        fit_bin_s = max(fit_bin_s, frame_s)
-        per_trial = round(3.5 / fit_bin_s) * n * 2  # bytes of one pooled trial (uint16 counts)
-        window = max(self.cfg.n_fit_trials, min(120, POOL_BUDGET_BYTES // per_trial))
-        online = OnlineDecoder(cls, n_units=n, fit_bin_s=fit_bin_s, window_trials=window, hemisphere=hemisphere,
-                             bin_s=frame_s,
-                             n_fit_trials=self.cfg.n_fit_trials, mode=self.cfg.decoder_mode,
-                             inline_fit=False, exclude_units=tuple(int(u) for u in desc.get("fs_units", [])),
-                             provenance={"session": self.directory.name,
-                                                           "day": self.cfg.day, "seed": self.cfg.seed})
-        if self.cfg.decoder_file is not None:
-            online.swap(load_decoder(self.cfg.decoder_file))
-        return online
+        """The online decoder for a rig's units (rig/pipeline.py ``online_decoder``, this session's settings)."""
+        c = self.cfg
+        return online_decoder(desc, decoder=c.decoder, n_fit_trials=c.n_fit_trials, mode=c.decoder_mode,
+                              default_bin_s=c.bin_ms * 1e-3, decoder_file=c.decoder_file,
+                              provenance={"session": self.directory.name, "day": c.day, "seed": c.seed})
 
     def _make_controller(self, rig_id: int) -> Controller:
         """Each rig runs the session's protocol with its own seeded controller."""
@@ -220,7 +200,7 @@ class Service:
     def _trial(self, summary: dict[str, Any]) -> None:
         self.stats.add(summary)
         if self.cfg.trials is not None and self.stats.n >= self.cfg.trials:
-            self.request_stop(f"{self.cfg.trials} trials done")
+            self.request_stop(f"{count(self.cfg.trials, 'trial')} done")
 
     def request_stop(self, reason: str) -> None:
         """Ask the session to end (idempotent; the first reason wins); the shutdown clock starts."""
@@ -375,18 +355,46 @@ class Service:
                                "counters": self.counter_snapshot()}, now)
 
     async def watch_sim(self) -> None:
-        """End the session if the simulated rig exits on its own."""
+        """End the session if the simulated (or replayed) rig exits on its own."""
         assert self.sim_proc is not None
         rc = await self.sim_proc.wait()
         await asyncio.sleep(0.5)  # let its last messages arrive
+        what = "replayed" if self.cfg.replay is not None else "simulated"
         if rc != 0:
+            why = await asyncio.to_thread(self._sim_reason)
             self._alarm({"source": "sim", "severity": "error",
-                         "message": f"simulated rig exited with code {rc}"})
-        self.request_stop(f"simulated rig exited (code {rc})")
+                         "message": f"{what} rig exited with code {rc}" + (f": {why}" if why else "")})
+        self.request_stop(f"{what} rig exited (code {rc})")
+
+    def _sim_reason(self) -> str:
+        """Why the rig process stopped, from the JSON summary line it printed last (sim.log)."""
+        try:
+            with open(self.directory / "sim.log", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        for line in reversed(lines):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                return str(obj.get("error") or obj.get("reason") or "")
+        return ""
 
     async def start_sim(self) -> None:
-        """Start the simulated rig as its own process, speaking the public wire protocol."""
+        """Start the simulated rig as its own process, speaking the public wire protocol.
+
+        With ``clock = "rig"`` it runs in lockstep (``--lockstep``): it waits for rigd's estimate of
+        each frame, so rigd publishes them. With ``replay`` set, the rig is the replay of that
+        recorded session (:meth:`start_replay`).
+        """
         c = self.cfg
+        if c.replay is not None:
+            await self.start_replay()
+            return
         mouse: dict[str, Any] = {"mu_left": c.mu_left, "mu_right": c.mu_right, "callosotomy": c.callosotomy,
                                  "units_per_hemisphere": c.units_per_hemisphere, "day": c.day,
                                  "bin_s": c.bin_ms * 1e-3}
@@ -405,7 +413,32 @@ class Service:
             args += ["--model", "spiking", "--backend", c.backend]
         elif c.model == "rnn":
             args += ["--model", "rnn"]
+        if c.clock == "rig":
+            args += ["--lockstep"]
+            self.hot.publish_estimates = True  # the lockstep rig waits for them (no frame is in flight yet)
         log_file = open(self.directory / "sim.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._sim_log = log_file
+        self.sim_proc = await asyncio.create_subprocess_exec(*args, stdout=log_file, stderr=log_file)
+
+    async def start_replay(self) -> None:
+        """Start the replay of a recorded session (rig/replay_rig.py) in the simulated rig's place.
+
+        Watched and stopped like the simulated rig (the session ends when the replay ends); with
+        ``replay_speed = "max"`` it runs in lockstep, so rigd publishes estimates. ``replay.json``
+        in the session says what is replayed.
+        """
+        c = self.cfg
+        assert c.replay is not None
+        write_json_atomic(self.directory / "replay.json",
+                          {"source": str(c.replay), "speed": c.replay_speed, "rig_id": c.rig_ids[0],
+                           "clock": c.clock, "seed": c.seed, "protocol_sha256": self.protocol.sha256})
+        args = [sys.executable, "-m", "rig.replay_rig", "--session", str(c.replay),
+                "--ingest", self.hot.ingest_endpoint, "--command", self.hot.command_endpoint,
+                "--rig-id", str(c.rig_ids[0]), "--speed", str(c.replay_speed),
+                "--log", str(self.directory / "replay.jsonl")]
+        if c.replay_speed == "max":
+            self.hot.publish_estimates = True  # the lockstep replay waits for them (no frame is in flight yet)
+        log_file = open(self.directory / "sim.log", "wb")  # noqa: SIM115 - closed in stop_sim()
         self._sim_log = log_file
         self.sim_proc = await asyncio.create_subprocess_exec(*args, stdout=log_file, stderr=log_file)
 
@@ -519,7 +552,12 @@ class ShutdownGuard:
 
 @contextlib.contextmanager
 def runtime_file(name: str, info: dict[str, Any]) -> Any:
-    """Leave ``<runtime_dir>/<name>.json`` for ``rigd status``/``rigd stop`` while running."""
+    """Leave ``<runtime_dir>/<name>.json`` for ``rigd status``/``rigd stop`` while running.
+
+    At exit it is removed only if it is still this process's (its pid): another instance's file
+    (``rigd start`` refuses a second one of the same name; this guards anything that slips past)
+    stays for ``rigd status``/``rigd stop`` to find.
+    """
     d = runtime_dir()
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.json"
@@ -527,8 +565,9 @@ def runtime_file(name: str, info: dict[str, Any]) -> Any:
     try:
         yield path
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
 
 
 @contextlib.asynccontextmanager

@@ -29,12 +29,21 @@ the heartbeats and the summary say so (``model``, ``backend``, ``backend_active`
 ``slowdown`` = wall time / rig time since start, ``slowdown_recent`` over the last heartbeat
 period, and ``backend_alarm`` if Lava could not start or fell back to the CPU backend).
 
+With ``--lockstep`` (``rigd start --rig sim --clock rig``) the rig runs on a **virtual clock**:
+no wall pacing; after each bin's frame and events it waits for rigd's estimate of that frame
+(:meth:`rig.client.RigClient.wait_estimate`), obeys the light commands that came before it, and
+only then computes the next bin, so each command is obeyed at the end of the bin of the frame that
+caused it. The guard's watchdog on rigd's silence and ``--rigd-lost-s`` stay on wall time, light
+spans on the mouse's clock; heartbeats go out ≥ 4 Hz in wall time, also while it waits; an
+estimate missing for ``--estimate-timeout-s`` stops it (exit 5). docs/simulator.md, "Clocks".
+
 Usage::
 
     python -m sim.rig_process --ingest tcp://127.0.0.1:5555 --command tcp://127.0.0.1:5556 \\
         --rig-id 1 --seed 7 [--trials N] [--duration S] [--mu-left 0.6] [--mu-right 0.6] \\
         [--units-per-hemisphere 40] [--day 0] [--bin-ms 1] [--config mouse.json] [--no-pace] \\
-        [--model reduced|spiking|rnn] [--backend cpu|lava] [--rigd-lost-s 3] [--log rig.jsonl]
+        [--model reduced|spiking|rnn] [--backend cpu|lava] [--rigd-lost-s 3] [--log rig.jsonl] \\
+        [--lockstep [--estimate-timeout-s 10]]
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ from typing import IO, Any
 import numpy as np
 
 from rig import wire
-from rig.client import RigClient
+from rig.client import EstimateTimeoutError, Received, RigClient
 from sim.config import MouseConfig
 from sim.mouse import SimulatedMouse
 
@@ -62,6 +71,7 @@ _HIST_US = 10  #: slip histogram resolution (µs)
 _HIST_BINS = 20_000  #: up to 200 ms; larger slips land in the last bin
 FRAMES_LOG_PERIOD_S = 0.1  #: how often ``--log`` records the last frame sent
 EXIT_RIGD_LOST = 4  #: exit code when rigd's heartbeat stopped
+EXIT_NO_ESTIMATE = 5  #: exit code when, in lockstep, rigd's estimate of a frame did not come
 
 
 class RigLog:
@@ -139,6 +149,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--backend", choices=("cpu", "lava"), default=None,
                     help="spiking model's backend: numba CPU (default) or the Lava sidecar")
     ap.add_argument("--no-pace", action="store_true", help="run as fast as possible (no wall pacing)")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="virtual clock: after each bin wait for rigd's estimate of its frame (rigd must publish "
+                         "estimates: rigd start --clock rig) and apply its light commands before the next bin")
+    ap.add_argument("--estimate-timeout-s", type=float, default=10.0,
+                    help="--lockstep: give up (exit 5) when rigd's estimate of a frame is not in after this long")
     ap.add_argument("--spin-us", type=float, default=200.0, help="busy-wait this long before a deadline")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
     ap.add_argument("--rigd-lost-s", type=float, default=3.0,
@@ -175,8 +190,15 @@ class RigProcess:
     def __init__(self, mouse: SimulatedMouse, client: RigClient, *, pace: bool = True,
                  spin_ns: int = 200_000, max_trials: int | None = None,
                  max_duration_s: float | None = None, own_clock: bool = False,
-                 rigd_lost_s: float = 3.0, log: RigLog | None = None) -> None:
+                 rigd_lost_s: float = 3.0, log: RigLog | None = None, lockstep: bool = False,
+                 estimate_timeout_s: float = 10.0) -> None:
         self.mouse = mouse
+        #: virtual clock: wait for rigd's estimate of each frame before the next bin (never paced)
+        self.lockstep = lockstep
+        self.estimate_timeout_s = estimate_timeout_s
+        self.estimates = 0  #: rigd's estimates waited for and received (lockstep)
+        self.wait_ns = 0  #: wall time spent waiting for them
+        self._next_hb_wall = 0
         #: run on the mouse's own clock: a bin computed after its wall deadline delays the clock
         #: (``lag_ns``) instead of being dropped; heartbeats then report the slowdown
         self.own_clock = own_clock
@@ -184,7 +206,7 @@ class RigProcess:
         self._hb_wall_ns = 0
         self._hb_rig_ns = 0
         self.client = client
-        self.pace = pace
+        self.pace = pace and not lockstep
         self.spin_ns = spin_ns
         self.max_trials = max_trials
         self.max_duration_ns = None if max_duration_s is None else round(max_duration_s * _NS)
@@ -200,6 +222,7 @@ class RigProcess:
         self.stop_reason = ""
         self._rigd_wall_ns = 0  #: when rigd's latest heartbeat arrived (wall clock)
         self._last_frame = (-1, 0)  #: seq and t_rig_ns of the last SPIKE_COUNTS sent
+        self.error = ""  #: why the rig stopped, when it was an error (no estimate from rigd)
         self._lit = False
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
@@ -293,21 +316,84 @@ class RigProcess:
                            command_id=m.active_command.command_id if m.active_command else 0)
         self._lit = lit
 
+    def _watchdog(self) -> None:
+        """The guard's watchdog: light off (ack WATCHDOG_OFF) when rigd has been silent too long."""
+        m = self.mouse
+        t_now = self._now_rig()
+        off = m.watchdog(t_now)
+        if off is not None:
+            self._ack(off, wire.AckStatus.WATCHDOG_OFF, t_now, t_now)
+            last = m.guard.last_rigd_heartbeat_ns
+            if last is not None and not self.lockstep:  # lockstep: rigd's silence is on wall time already
+                last += self.t0
+            self.log.write("watchdog_off", command_id=off.command_id, trial=off.trial,
+                           t_off_ns=t_now + self.t0, rigd_silent_s=m.guard.last_trip_silence_ns / _NS,
+                           last_rigd_heartbeat_ns=last)
+
+    def _rigd_heard(self) -> None:
+        """Lockstep: when rigd's latest heartbeat came, in wall time (the guard's silence clock)."""
+        last = self.mouse.guard.last_rigd_heartbeat_ns
+        if last is not None:
+            self._rigd_wall_ns = max(self._rigd_wall_ns, last)
+
+    def _wait_estimate(self, seq: int) -> Received:
+        """Lockstep: wait for rigd's estimate of frame ``seq``; meanwhile heartbeat, obey, guard.
+
+        The mouse's clock stands still while it waits, so a command obeyed during the wait is obeyed
+        at the same rig time as after it: the end of the bin whose frame caused it. The wait is
+        abandoned (estimate None) on a stop request or when rigd has been silent ``rigd_lost_s``.
+        """
+        t = time.monotonic_ns()
+        hb_ns = round(HEARTBEAT_PERIOD_S * _NS)
+
+        def idle(rec: Received) -> bool:
+            self._rigd_heard()
+            if rec.commands:  # e.g. the loop watchdog's ALL_OFF while rigd stalls: obeyed now
+                commands = list(rec.commands)
+                rec.commands.clear()
+                self._handle_commands(commands)
+            self._watchdog()
+            self._note_light()
+            now = time.monotonic_ns()
+            if now >= self._next_hb_wall:
+                self._heartbeat("running")
+                self._next_hb_wall = now + hb_ns
+            return not self.stop_requested and now - self._rigd_wall_ns <= self.rigd_lost_ns
+
+        try:
+            rec = self.client.wait_estimate(seq, self.estimate_timeout_s, idle=idle)
+        finally:
+            self.wait_ns += time.monotonic_ns() - t
+        if rec.estimate is not None:
+            self.estimates += 1
+        return rec
+
     def run(self) -> dict[str, Any]:
         """Connect, run until a stop condition, say goodbye; return the summary."""
         m, client = self.mouse, self.client
         client.connect()
         self.t0 = time.monotonic_ns()
+        if self.lockstep:
+            # the rig's clock is the mouse's from now on (t_send_ns too: a command's end-to-end time,
+            # ack t_received - cause t_send, is then on one clock, 0 in virtual time)
+            client.clock_ns = lambda: self.mouse.t_rig_ns + self.t0
         self._hb_wall_ns = self.t0
         self._rigd_wall_ns = self.t0
-        m.note_rigd_heartbeat(0)
         m.guard.clock_ns = self._now_rig  # heartbeats polled from now on are stamped on the rig clock
+        if self.lockstep:
+            # light spans on the mouse's clock, rigd's silence on wall time: the mouse's clock may run
+            # many seconds per wall second, and rigd's heartbeat is not needed per frame
+            m.guard.silence_clock_ns = time.monotonic_ns
+            m.guard.note_rigd_heartbeat(self.t0)
+        else:
+            m.note_rigd_heartbeat(0)
         self.log.write("connected", rig_id=client.rig_id, t0_ns=self.t0, **client.identity,
-                       watchdog_s=m.guard.watchdog_ns / _NS, rigd_lost_s=self.rigd_lost_ns / _NS)
+                       watchdog_s=m.guard.watchdog_ns / _NS, rigd_lost_s=self.rigd_lost_ns / _NS,
+                       lockstep=self.lockstep)
         next_frames_log = self.t0
         next_hb = 0
         hb_ns = round(HEARTBEAT_PERIOD_S * _NS)
-        next_hb_wall = self.t0 + hb_ns
+        self._next_hb_wall = self.t0 + hb_ns
         wall_start = time.monotonic()
         cpu_start = time.process_time()
         while not self.stop_requested:
@@ -331,20 +417,23 @@ class RigProcess:
                 client.send_event(name, trial, t_rig_ns=t_ev, **f)
                 if name == "trial_end":
                     self.trials_done += 1
-            rec = client.poll(0)  # feeds the guard's watchdog with rigd's heartbeats
+            if self.lockstep:
+                try:
+                    rec = self._wait_estimate(seq)
+                except EstimateTimeoutError as exc:
+                    self.stop_reason, self.error = "no_estimate", str(exc)
+                    self.log.write("no_estimate", seq=seq, reason=str(exc))
+                    break
+            else:
+                rec = client.poll(0)  # feeds the guard's watchdog with rigd's heartbeats
             wall_ns = time.monotonic_ns()
-            if rec.heartbeats:
+            if self.lockstep:
+                self._rigd_heard()
+            elif rec.heartbeats:
                 self._rigd_wall_ns = wall_ns
             if rec.commands:
                 self._handle_commands(rec.commands)
-            t_now = self._now_rig()
-            off = m.watchdog(t_now)
-            if off is not None:
-                self._ack(off, wire.AckStatus.WATCHDOG_OFF, t_now, t_now)
-                last = m.guard.last_rigd_heartbeat_ns
-                self.log.write("watchdog_off", command_id=off.command_id, trial=off.trial,
-                               t_off_ns=t_now + self.t0, rigd_silent_s=m.guard.last_trip_silence_ns / _NS,
-                               last_rigd_heartbeat_ns=None if last is None else last + self.t0)
+            self._watchdog()
             self._note_light()
             if wall_ns >= next_frames_log:
                 self._log_frames()
@@ -354,11 +443,13 @@ class RigProcess:
                 self.log.write("rigd_lost", rigd_silent_s=(wall_ns - self._rigd_wall_ns) / _NS,
                                last_rigd_heartbeat_ns=self._rigd_wall_ns)
                 break
-            if out.t_rig_ns >= next_hb or (self.own_clock and time.monotonic_ns() >= next_hb_wall):
-                # a slowed world still heartbeats ≥ 4 Hz in wall time (docs/wire-protocol.md's floor)
+            if (out.t_rig_ns >= next_hb and not self.lockstep) or \
+                    ((self.own_clock or self.lockstep) and time.monotonic_ns() >= self._next_hb_wall):
+                # a slowed world still heartbeats ≥ 4 Hz in wall time (docs/wire-protocol.md's floor);
+                # a lockstep one only in wall time (its clock may run far faster than real time)
                 self._heartbeat("running")
                 next_hb = out.t_rig_ns + hb_ns
-                next_hb_wall = time.monotonic_ns() + hb_ns
+                self._next_hb_wall = time.monotonic_ns() + hb_ns
             if self.max_trials is not None and self.trials_done >= self.max_trials:
                 self.stop_reason = "trials"
                 break
@@ -390,6 +481,11 @@ class RigProcess:
         if self.stop_reason == "rigd_lost":
             extra["reason"] = (f"rigd lost: no rigd heartbeat for {self.rigd_lost_ns / _NS:g} s after the "
                                f"handshake (rigd killed, hung or unreachable); light off, rig stopped")
+        elif self.stop_reason == "no_estimate":
+            extra["reason"] = f"{self.error}; light off, rig stopped"
+        if self.lockstep:
+            extra.update(clock="lockstep", estimates=self.estimates, estimate_wait_s=self.wait_ns / _NS,
+                         speedup=m.t_rig_ns / _NS / wall if wall > 0 else 0.0)
         return {**extra, "stop_reason": self.stop_reason, "model": m.config.model, "rig_id": client.rig_id,
                 "seed": m.seed,
                 "day": m.config.day, "n_units": m.n_units,
@@ -399,7 +495,7 @@ class RigProcess:
                 "slip_p50_ms": self.slip.percentile_ms(50), "slip_p99_ms": self.slip.percentile_ms(99),
                 "slip_max_ms": self.slip.max_ns / 1e6, "bins_late_over_1ms": self.slip.late_1ms,
                 "commands": self.commands, "acks": self.acks, "watchdog_trips": m.watchdog_trips,
-                "stopped_by_signal": self.stop_requested}
+                "stopped_by_signal": self.stop_requested, "lockstep": self.lockstep}
 
 
 def _try_realtime(priority: int = 20) -> bool:
@@ -436,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(json.dumps({"error": f"bad mouse configuration: {exc}"}), flush=True)
             return 2
+    if not (a.estimate_timeout_s > 0.0):
+        print(json.dumps({"error": f"--estimate-timeout-s {a.estimate_timeout_s}: expected a number of seconds > 0"}),
+              flush=True)
+        return 2
     if not (a.rigd_lost_s > 0.0):
         print(json.dumps({"error": f"--rigd-lost-s {a.rigd_lost_s}: expected a number of seconds > 0"}), flush=True)
         return 2
@@ -444,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     log = RigLog(a.log)
     proc = RigProcess(mouse, client, pace=not a.no_pace, spin_ns=round(a.spin_us * 1000),
                       max_trials=a.trials, max_duration_s=a.duration, own_clock=spiking,
-                      rigd_lost_s=a.rigd_lost_s, log=log)
+                      rigd_lost_s=a.rigd_lost_s, log=log, lockstep=a.lockstep,
+                      estimate_timeout_s=a.estimate_timeout_s)
     signal.signal(signal.SIGTERM, proc.request_stop)
     signal.signal(signal.SIGINT, proc.request_stop)
     try:
@@ -460,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
             close()
     summary["realtime"] = realtime
     print(json.dumps(summary), flush=True)
-    return EXIT_RIGD_LOST if summary["stop_reason"] == "rigd_lost" else 0
+    return {"rigd_lost": EXIT_RIGD_LOST, "no_estimate": EXIT_NO_ESTIMATE}.get(summary["stop_reason"], 0)
 
 
 if __name__ == "__main__":

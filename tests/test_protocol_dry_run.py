@@ -109,10 +109,9 @@ def test_chen2021_asymmetric_mouse_shows_deficit_when_modular_side_is_silenced()
     # (μ_R = 0.35) without selectivity → 0.71 vs 0.81 for right PI (outcome table)
     r, m_sim = _chen2021_dry_run(0.7, 0.35, 2, {"control": 0.81, "left_alm": 0.71, "right_alm": 0.81,
                                                 "bilateral_alm": 0.50})
-    p = r.performance
-    # behaviour: the deficit is on the modular side's photoinhibition (point estimate: at n ≈ 33 per
-    # condition the 0.10 gap is ≈ 1 SE, so only its direction is asserted)
-    assert p["left_alm"]["correct"] < p["right_alm"]["correct"]
+    # behaviour: each condition is within its tolerance of the table above; at n ≈ 33 per condition
+    # the 0.10 gap between left and right PI is ≈ 1 SE, so its direction is not asserted here (it
+    # would fail for about one seed in four): tests/test_sim_model.py checks it at n = 3,000
     # the modularity probe: each CI holds the simulator's M (0.93, 0.60); with ≈ 33 light trials
     # the CIs are ±0.3–0.4 wide (per-trial latents are bimodal), so only the order of the point
     # estimates is asserted for the asymmetry

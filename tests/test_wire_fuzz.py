@@ -31,7 +31,8 @@ from hardware.interlock import LightInterlock
 from hardware.light_source import WireLightSource
 from rig import wire
 from rig.errors import Counters
-from rig.loop import HotLoop, PipelineFactory
+from rig.loop import HotLoop
+from rig.pipeline import PipelineParts
 from rig.session import RIGD_RIG_ID, Recorder
 from rig.telemetry import LoopTelemetry
 
@@ -127,7 +128,7 @@ def make_hot(directory: Path, decoder: Callable[[dict[str, Any]], OnlineDecoder]
     """A real HotLoop (rigs 1 and 2; the shipped protocol and calibration), driven from the calling thread."""
     cal = load_calibration(None)
     protocol = load_protocol(protocols.shipped()[protocols.DEFAULT])
-    parts = PipelineFactory(
+    parts = PipelineParts(
         tracker=TrialTracker, controller=lambda rig: build_controller(protocol, seed=rig),
         interlock=lambda rig, send, alarm: LightInterlock(cal.safety_limits(), WireLightSource(send), alarm),
         decoder=decoder)

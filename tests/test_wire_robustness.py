@@ -304,18 +304,18 @@ def test_decoders_are_built_off_the_loop_thread_and_frames_before_them_are_count
         for _ in range(5):  # the decoder is being built: the loop runs on without one
             send(wire.Kind.SPIKE_COUNTS, np.ones(N_UNITS, np.uint8), 0)
         pl = hot.pipelines[1]
-        assert hot.frames == 5 and pl.decoder is None
+        assert hot.frames == 5 and pl.pipeline.decoder is None
         assert hot.counters.snapshot()["frames.without_decoder"] == 5
         release.set()
-        fut = pl.decoder_future
+        fut = pl.pipeline.decoder_future
         assert fut is not None
         fut.result(30)  # readiness: the build has finished
         send(wire.Kind.SPIKE_COUNTS, np.ones(N_UNITS, np.uint8), 0)  # installed between frames
-        assert pl.decoder is not None and pl.decoder.n_units == N_UNITS
+        assert pl.pipeline.decoder is not None and pl.pipeline.decoder.n_units == N_UNITS
         assert hot.counters.snapshot()["frames.without_decoder"] == 5
         release.clear()
         send(wire.Kind.HEARTBEAT, wire.json_bytes({"n_units": 40}), 3)  # the rig re-describes its units
-        assert pl.decoder is None and pl.n_units == 40  # never the old decoder on new units
+        assert pl.pipeline.decoder is None and pl.n_units == 40  # never the old decoder on new units
         send(wire.Kind.SPIKE_COUNTS, np.ones(40, np.uint8), 0)
         assert hot.frames == 7 and hot.counters.snapshot()["frames.without_decoder"] == 6
         release.set()
