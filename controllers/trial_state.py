@@ -27,10 +27,10 @@ import math
 from typing import Any
 
 from controllers.base import Epoch, TrialState
+from rig.wire import side_sign
 
 NS = 1_000_000_000
 _NAN = float("nan")
-_SIDE = {"right": 1, "left": -1}
 
 #: Default task timing when trial_start is missing (docs/simulator.md): sample 1.3 s, delay 1.7 s.
 DEFAULT_SAMPLE_S = 1.3
@@ -92,7 +92,7 @@ class TrialTracker:
         elif name == "go_cue":
             self._observe_boundary(4, t_rig_ns)
         elif name == "lick":
-            side = _SIDE.get(str(event.get("side", "")), 0)
+            side = side_sign(event.get("side", ""))
             self.licks.append((side, t_rig_ns))
             if st.choice == 0 and self._go_known_before(t_rig_ns) and not st.early_lick:
                 st.choice = side
@@ -104,7 +104,7 @@ class TrialTracker:
         elif name == "outcome":
             outcome = str(event.get("outcome", ""))
             st.outcome = outcome
-            st.choice = _SIDE.get(str(event.get("choice") or ""), st.choice if outcome != "ignore" else 0)
+            st.choice = (side_sign(event.get("choice") or "") or (st.choice if outcome != "ignore" else 0))
             if outcome == "early_lick":
                 st.early_lick = True
             if self._t_outcome == 0:
@@ -122,7 +122,7 @@ class TrialTracker:
     def _start(self, trial: int, ev: dict[str, Any], t: int, *, inferred: bool) -> None:
         st = self.state
         st.trial = trial
-        st.instructed = _SIDE.get(str(ev.get("instructed", "")), 0)
+        st.instructed = side_sign(ev.get("instructed", ""))
         st.early_lick = False
         st.outcome = ""
         st.choice = 0

@@ -545,7 +545,7 @@ def export_nwb(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="NWB file to write")] = None,
 ) -> None:
     """Export a session to NWB (units/binned counts, trials with photostim fields, opto series, decoder)."""
-    from rig.nwb_export import export_session
+    from analysis.nwb_export import export_session
 
     _require_session(session, "export nwb")
     try:
@@ -629,8 +629,8 @@ def protocol_check(
         from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
         from rich.progress import Progress as Bar
 
-        from rig.dry_run import default_config
-        from rig.dry_run import dry_run as run_dry
+        from analysis.dry_run import default_config
+        from analysis.dry_run import dry_run as run_dry
 
         assert result.protocol is not None
         if model not in ("reduced", "rnn"):
@@ -654,8 +654,8 @@ def decoder_fit(
     bin_ms: Annotated[float, typer.Option(help="bin width for fitting (ms)")] = 100.0,
 ) -> None:
     """Fit a decoder on recorded (or simulated) sessions and save it with its provenance."""
+    from analysis.trials import session_trialset
     from decoders.fitting import fit_sessions
-    from rig.trials import session_trialset
 
     sets = []
     for s in sessions:
@@ -680,9 +680,9 @@ def decoder_accuracy(
     folds: Annotated[int, typer.Option(help="cross-validation folds")] = 5,
 ) -> None:
     """Cross-validated decoding accuracy of the upcoming choice through the trial."""
+    from analysis.trials import session_trialset
     from decoders.fitting import accuracy_over_time
     from rig.progress import count
-    from rig.trials import session_trialset
 
     for s in sessions:
         ts = session_trialset(s, bin_s=bin_ms * 1e-3)
@@ -701,7 +701,7 @@ def report(
     from rich.progress import BarColumn, TimeRemainingColumn
     from rich.progress import Progress as Bar
 
-    from rig.report import write_report
+    from analysis.report import write_report
 
     if not (session.is_file() and session.suffix.lower() == ".nwb"):
         _require_session(session, "report", nwb=True)

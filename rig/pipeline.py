@@ -47,8 +47,6 @@ AlarmFn = Callable[[dict[str, Any]], None]
 RecordFn = Callable[[dict[str, Any], int], object]  #: (record, now_ns): a JSON record for the session log
 ClockMode = Literal["wall", "rig"]
 
-SIDE = {"left": -1, "right": 1}  #: wire side names → instructed/choice sign (left −1, right +1)
-SIDE_NAME = {1: "right", -1: "left"}
 #: a trial's decoded end-of-delay state (its summary's cd_end_delay_*) is the last estimate in this
 #: window before the go cue (s)
 END_DELAY_WINDOW_S = (-0.35, 0.0)
@@ -304,7 +302,7 @@ class Pipeline:
             self.tracker.on_event(ev, t_rig_ns)  # the tracker counts it late
             return
         if name == "trial_start":
-            self._open_book(trial, t_rig_ns, SIDE.get(str(ev.get("instructed")), 0))
+            self._open_book(trial, t_rig_ns, wire.side_sign(ev.get("instructed")))
             self._between_trials()
             self.tracker.on_event(ev, t_rig_ns)
             if self.decoder is not None:
@@ -330,7 +328,7 @@ class Pipeline:
             book.early_lick = True
         elif name == "outcome":
             book.outcome = str(ev.get("outcome", ""))
-            book.choice = SIDE.get(str(ev.get("choice")), 0)
+            book.choice = wire.side_sign(ev.get("choice"))
             rt = ev.get("reaction_time_s")
             book.reaction_time_s = float(rt) if isinstance(rt, int | float) else None
             if book.outcome == "early_lick":
@@ -372,9 +370,9 @@ class Pipeline:
         truth = light_truth(condition, book.light or None)
         summary: dict[str, Any] = {
             "type": "trial", "rig_id": self.rig_id, "trial": trial,
-            "instructed": SIDE_NAME.get(book.instructed),
+            "instructed": wire.SIDE_NAME.get(book.instructed),
             "outcome": book.outcome or "unknown",
-            "choice": SIDE_NAME.get(book.choice),
+            "choice": wire.SIDE_NAME.get(book.choice),
             "correct": correct, "early_lick": book.early_lick, "reaction_time_s": book.reaction_time_s,
             "condition": condition, "light": dict(book.light) if book.light else None, "refused": book.refused,
             "late_decisions": book.late_decisions, "decision": decision,

@@ -29,6 +29,18 @@ HEADER_SIZE = HEADER.size  # 56 bytes
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
 
+#: the task's two sides as the wire names them (a trial event's ``instructed``, ``choice``, ``side``)
+#: and as signs: left −1, right +1 (0: none or unknown). The one definition rigd, its simulator and
+#: its analyses use.
+SIDE_SIGN: dict[str, int] = {"left": -1, "right": 1}
+SIDE_NAME: dict[int, str] = {-1: "left", 1: "right"}
+
+
+def side_sign(name: object) -> int:
+    """A side's sign from its wire name ("left" −1, "right" +1; anything else 0)."""
+    return SIDE_SIGN.get(str(name), 0)
+
+
 class Kind(enum.IntEnum):
     """Message kinds. Numbers are part of the protocol: never renumber, only append."""
 

@@ -35,7 +35,6 @@ from sim.population import PoissonSampler, RateModel
 _NS = 1_000_000_000
 _TRIAL_STREAM = 21
 _SPIKE_STREAM = 22
-_SIDE = {1: "right", -1: "left"}
 #: Licks while drinking after a hit: a few at ≈ 7 Hz (mouse licking rhythm).
 _CONSUMPTION_LICKS = 3
 _LICK_INTERVAL_S = 0.14
@@ -296,11 +295,11 @@ class SimulatedMouse:
         self._acc_eps[:] = 0.0
         t_sample = self._t_go_ns - round((c.sample_s + c.delay_s) * _NS)
         t_delay = self._t_go_ns - round(c.delay_s * _NS)
-        self._cur = {"trial": self.trial, "instructed": _SIDE[y], "outcome": None, "choice": None,
+        self._cur = {"trial": self.trial, "instructed": wire.SIDE_NAME[y], "outcome": None, "choice": None,
                      "reaction_time_s": None, "early_lick": False, "light_condition": "none",
                      "light_onset_s": None, "light_duration_s": None, "light_power_mw": None,
                      "t_start_ns": t, "t_go_ns": self._t_go_ns}
-        self._push(t, "trial_start", instructed=_SIDE[y], delay_s=c.delay_s, t_sample_ns=t_sample,
+        self._push(t, "trial_start", instructed=wire.SIDE_NAME[y], delay_s=c.delay_s, t_sample_ns=t_sample,
                    t_delay_ns=t_delay, t_go_ns=self._t_go_ns)
         t_early = None
         if rng.random() < c.early_lick_prob:
@@ -310,7 +309,7 @@ class SimulatedMouse:
                 self._push(t_ev, name)
         if t_early is not None:
             epoch = "sample" if t_early < t_delay else "delay"
-            side = _SIDE[1 if rng.random() < 0.5 else -1]
+            side = wire.SIDE_NAME[1 if rng.random() < 0.5 else -1]
             self._push(t_early, "lick", side=side)
             self._push(t_early, "early_lick", epoch=epoch)
             self._push(t_early, "outcome", outcome="early_lick", choice=side, reaction_time_s=None)
@@ -338,7 +337,7 @@ class SimulatedMouse:
             self._push(t_end, "trial_end")
             return
         t_lick = t_go + round(rt * _NS)
-        side = _SIDE[choice]
+        side = wire.SIDE_NAME[choice]
         hit = choice == int(self._y[0])
         self._push(t_lick, "lick", side=side)
         self._push(t_lick, "outcome", outcome="hit" if hit else "error", choice=side,

@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from analysis.dry_run import dry_run
 from controllers.protocol import load_protocol
-from rig.dry_run import dry_run
 from rig.session import Session, strict_json
 from sim.config import MouseConfig
 from tests.rigd_process import rigd

@@ -1,11 +1,11 @@
 """Dry runs of the shipped protocols on the simulated mouse (docs/protocols.md, docs/simulator.md).
 
 Everything here runs by default (the statistical ones are marked ``slow``): the dry runs go
-through :func:`rig.dry_run.dry_run`, the code path of ``rigd protocol check FILE --dry-run N``,
-with 5-ms bins and short ITIs/timeouts (``rig.dry_run.default_config``). Tolerances follow docs/simulator.md:
+through :func:`analysis.dry_run.dry_run`, the code path of ``rigd protocol check FILE --dry-run N``,
+with 5-ms bins and short ITIs/timeouts (``analysis.dry_run.default_config``). Tolerances follow docs/simulator.md:
 a proportion p measured on n trials is tested to 3 binomial SE √(p(1−p)/n) plus the model's 0.02
 bias; the simulator's reference values are recomputed with the vectorised model (sim.offline,
-sim.analysis) on the same conventions (all trials, window −1.7…−0.9 s, ramp inside the window).
+analysis.neural) on the same conventions (all trials, window −1.7…−0.9 s, ramp inside the window).
 The whole file takes ≈ 2–3 min on a 2-core machine.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis import neural
+from analysis.dry_run import DryRunResult, default_config, dry_run, offline_state_prediction, wilson
 from controllers.protocol import load_protocol
-from rig.dry_run import DryRunResult, default_config, dry_run, offline_state_prediction, wilson
-from sim import analysis
 from sim.config import MouseConfig
 from sim.offline import run_conditions
 
@@ -38,10 +38,10 @@ def _sim_modularity(mu_left: float, mu_right: float) -> tuple[float, float]:
     runs = run_conditions(3000, 11, config=MouseConfig(mu_left=mu_left, mu_right=mu_right),
                           conditions=("control", "left", "right"))
     t = runs["control"].t_s
-    sel = {c: (analysis.selectivity(r.x_left, r.instructed), analysis.selectivity(r.x_right, r.instructed))
+    sel = {c: (neural.selectivity(r.x_left, r.instructed), neural.selectivity(r.x_right, r.instructed))
            for c, r in runs.items()}
-    m_l = analysis.modularity(sel["right"][0], sel["control"][0], t)
-    m_r = analysis.modularity(sel["left"][1], sel["control"][1], t)
+    m_l = neural.modularity(sel["right"][0], sel["control"][0], t)
+    m_r = neural.modularity(sel["left"][1], sel["control"][1], t)
     return m_l, m_r
 
 

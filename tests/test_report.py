@@ -10,7 +10,7 @@ summaries, decoder outputs, telemetry, an interlock refusal), all through the re
 :class:`rig.session.Recorder` in the real wire format, with a manifest like the supervisor's.
 Conditions: 40 % control and 20 % each of left, right and bilateral early-delay photoinhibition
 (−1.7…−0.9 s, 1.5 mW, 4 spots), 240 trials: enough perturbed trials for modularity without a
-400-trial runtime. The report's numbers are compared with ``sim.analysis`` computed here on the
+400-trial runtime. The report's numbers are compared with ``analysis.neural`` computed here on the
 same session.
 """
 
@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from analysis import neural
+from analysis.report import BIN_S, WINDOW_S, bin_by_trial, load_session, write_report
 from rig import wire
 from rig.conditions import canonical_condition
-from rig.report import BIN_S, WINDOW_S, bin_by_trial, load_session, write_report
 from rig.session import MANIFEST_NAME, Recorder, Session, write_json_atomic
 from rig.telemetry import FIELDS
-from sim import analysis
 from sim.offline import LightWindow, generate_trialset
 
 NS = 1_000_000_000
@@ -258,7 +258,7 @@ def test_report_numbers_match_the_analysis_helpers(
     page = write_report(d, tmp_path / "out")
     elapsed = time.monotonic() - t0
     nums = json.loads((tmp_path / "out" / "report.json").read_text())
-    # performance: sim.analysis on the session's own trial summaries (completed trials, delivered light)
+    # performance: analysis.neural on the session's own trial summaries (completed trials, delivered light)
     s = Session.open(d)
     trials = s.trials()
     cond = np.array(
@@ -266,7 +266,7 @@ def test_report_numbers_match_the_analysis_helpers(
     )
     correct = np.array([t["outcome"] == "hit" for t in trials])
     instructed = np.array([1 if t["instructed"] == "right" else -1 for t in trials], dtype=np.int8)
-    expected = analysis.performance_by_condition(correct, cond, instructed)
+    expected = neural.performance_by_condition(correct, cond, instructed)
     assert set(nums["performance"]) == set(expected)
     for c, p in expected.items():
         got = nums["performance"][c]
@@ -277,7 +277,7 @@ def test_report_numbers_match_the_analysis_helpers(
     assert nums["performance"]["control"]["correct"] == sum(
         t["correct"] for t in truth["trials"] if t["condition"] == "control"
     )
-    # modularity: sim.analysis on counts binned here with rig.report.bin_by_trial's contract checked
+    # modularity: analysis.neural on counts binned here with analysis.report.bin_by_trial's contract checked
     data = load_session(d, _NoSteps())
     go = [t.go_s for t in data.trials]
     binned, complete = bin_by_trial(data.t_frames_s, data.counts, go, data.frame_s)
@@ -297,9 +297,9 @@ def test_report_numbers_match_the_analysis_helpers(
         ctrl = np.array(m["control_trials"])
         assert set(ctrl) < set(np.flatnonzero(cond == "control"))
         oth = np.flatnonzero(cond == other)
-        sel_c = (analysis.selectivity(rates[ctrl][:, :, units], instructed[ctrl]) * pref).mean(axis=1)
-        sel_o = (analysis.selectivity(rates[oth][:, :, units], instructed[oth]) * pref).mean(axis=1)
-        assert m["M"] == pytest.approx(analysis.modularity(sel_o, sel_c, t_s), rel=1e-12)
+        sel_c = (neural.selectivity(rates[ctrl][:, :, units], instructed[ctrl]) * pref).mean(axis=1)
+        sel_o = (neural.selectivity(rates[oth][:, :, units], instructed[oth]) * pref).mean(axis=1)
+        assert m["M"] == pytest.approx(neural.modularity(sel_o, sel_c, t_s), rel=1e-12)
         assert m["ci_low"] <= m["M"] <= m["ci_high"]
         # the mouse is modular (μ = 0.6 → M ≈ 0.89 on the latent, docs/simulator.md); a spike-based estimate from
         # ~40 units and 48 trials per condition is noisy, so only "clearly modular" is asserted
@@ -328,7 +328,7 @@ class _NoSteps:
 def test_report_on_the_exported_nwb_file_gives_the_same_numbers(
     session: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    from rig.nwb_export import export_session
+    from analysis.nwb_export import export_session
 
     d, _ = session
     direct = json.loads((write_report(d, tmp_path / "direct").parent / "report.json").read_text())

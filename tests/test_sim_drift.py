@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sim import analysis as A
+from analysis import neural as A
 from sim.config import MouseConfig
 from sim.drift import units_for_day
 from sim.offline import generate_trialset

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from sim import analysis as A
+from analysis import neural as A
 from sim.config import MouseConfig
 from sim.offline import LatentRun, run_conditions
 

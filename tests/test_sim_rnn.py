@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from analysis.dry_run import default_config, offline_state_prediction
 from controllers.protocol import load_protocol
 from rig import wire
-from rig.dry_run import default_config, offline_state_prediction
 from rig.session import Session
 from sim import rnn
 from sim.config import MouseConfig

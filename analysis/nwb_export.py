@@ -80,7 +80,7 @@ def export_session(session_dir: Path | str, output: Path | None = None) -> Path:
               f"{m.get('versions', {}).get('rigd', '?')}; counters {m.get('counters', {})}",
         experiment_description="Closed-loop control recorded by rigd (wire protocol v1).",
         source_script="rigd export nwb",
-        source_script_file_name="rig/nwb_export.py",
+        source_script_file_name="analysis/nwb_export.py",
     )
 
     # binned spike counts + unit hemispheres

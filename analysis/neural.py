@@ -17,6 +17,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from analysis.stats import CONFIDENCE, wilson
+
 FloatArray = npt.NDArray[np.float64]
 TrialSelection = Literal["all", "correct"]
 
@@ -135,17 +137,14 @@ class Performance:
         return math.sqrt(self.fraction * (1.0 - self.fraction) / self.n) if self.n else float("nan")
 
 
-def performance(correct: npt.NDArray[np.bool_], z: float = 1.96) -> Performance:
+def performance(correct: npt.NDArray[np.bool_], confidence: float = CONFIDENCE) -> Performance:
     """Fraction correct over the trials given (the caller selects them: e.g. exclude early licks)."""
     n = int(correct.size)
     k = int(np.sum(correct))
     if n == 0:
         return Performance(0, 0, float("nan"), float("nan"), float("nan"))
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Performance(n, k, p, centre - half, centre + half)
+    lo, hi = wilson(k, n, confidence)
+    return Performance(n, k, k / n, lo, hi)
 
 
 def performance_by_condition(correct: npt.NDArray[np.bool_], condition: npt.NDArray[np.str_],

@@ -2,7 +2,7 @@
 
 Owns the table of cross-validated accuracy for the upcoming choice at chosen times through the
 trial, one row per decoder (:func:`accuracy_table`), and a small entry point that runs it on a
-simulated session: ``python -m decoders.report --trials 400 --seed 1``. The session loading
+simulated session: ``python -m analysis.decoder_report --trials 400 --seed 1``. The session loading
 for recorded sessions lives in ``rig/``; this module only takes a :class:`TrialSet`.
 """
 

@@ -1,9 +1,9 @@
 """The session report: one HTML page with PNG figures, after a session, from its recording.
 
 It owns the report's pipeline: read a rigd session directory (any session that follows the wire
-protocol) or an NWB file written by ``rig.nwb_export``, cut the spike counts, the online decoder
+protocol) or an NWB file written by ``analysis.nwb_export``, cut the spike counts, the online decoder
 outputs and the light per trial around the go cue, compute the Chen et al. (2021) quantities
-with the analysis helpers of :mod:`sim.analysis` (performance with Wilson CIs, selectivity,
+with the analysis helpers of :mod:`analysis.neural` (performance with Wilson CIs, selectivity,
 coding direction, modularity, t90 recovery), draw the figures with matplotlib (Agg), and write
 ``report.html``, ``report.json`` (every number in the page) and the PNGs. It reads the session;
 it never changes it. Long steps report to a rich.progress-compatible ``progress``.
@@ -33,13 +33,13 @@ from matplotlib.figure import Figure
 from pynwb import NWBHDF5IO
 from scipy import stats
 
+from analysis import neural
 from hardware.calibration import default_limits
 from rig import wire
 from rig.conditions import CONDITIONS, NOT_DELIVERED, canonical_condition, delivered_condition, join_recorded_acks
 from rig.progress import count
 from rig.session import Session
 from rig.telemetry import FIELDS
-from sim import analysis
 
 FloatArray = npt.NDArray[np.float64]
 NS = 1e9
@@ -153,10 +153,6 @@ def _popcount(x: int) -> int:
     return bin(int(x)).count("1")
 
 
-def _side(x: Any) -> int:
-    return {"right": 1, "left": -1}.get(str(x), 0)
-
-
 def _limits_dict(limits: Any) -> dict[str, Any]:
     return dict(limits) if isinstance(limits, dict) else {}
 
@@ -194,8 +190,8 @@ def load_session(session_dir: Path, steps: _Steps) -> ReportData:
         trials.append(
             Trial(
                 trial=k,
-                instructed=_side(tr.get("instructed")),
-                choice=_side(tr.get("choice")),
+                instructed=wire.side_sign(tr.get("instructed")),
+                choice=wire.side_sign(tr.get("choice")),
                 outcome=str(tr.get("outcome", "unknown")),
                 early_lick=bool(tr.get("early_lick")),
                 condition=cond,
@@ -300,7 +296,7 @@ def _default_limits() -> dict[str, Any]:
 
 
 def load_nwb(path: Path, steps: _Steps) -> ReportData:
-    """Read an NWB file written by ``rig.nwb_export.export_session``."""
+    """Read an NWB file written by ``analysis.nwb_export.export_session``."""
     steps.start("reading the NWB file", None)
     notes: list[str] = []
     with NWBHDF5IO(str(path), "r") as io:
@@ -326,7 +322,7 @@ def load_nwb(path: Path, steps: _Steps) -> ReportData:
             status = str(r.get("photostim_status", "none"))
             power = float(r.get("photostim_power", 0.0))
             spots = 0b1111  # the trials table has no spot masks: 4 spots per lit hemisphere (Chen 2021)
-            if "photostim_delivered_condition" in r:  # planned and delivered columns (rig.nwb_export)
+            if "photostim_delivered_condition" in r:  # planned and delivered columns (analysis.nwb_export)
                 planned = canonical_condition(cond_name)
                 got = str(r["photostim_delivered_condition"])
                 lit = bool(r.get("photostim_delivered")) and got in ("left", "right", "bilateral")
@@ -341,8 +337,8 @@ def load_nwb(path: Path, steps: _Steps) -> ReportData:
             trials.append(
                 Trial(
                     trial=i,
-                    instructed=_side(r.get("instructed_side")),
-                    choice=_side(r.get("choice")),
+                    instructed=wire.side_sign(r.get("instructed_side")),
+                    choice=wire.side_sign(r.get("choice")),
                     outcome=str(r.get("outcome")),
                     early_lick=bool(r.get("early_lick")),
                     condition=cond,
@@ -456,7 +452,7 @@ def bin_by_trial(
     return out, complete
 
 
-# -- analyses (numbers via sim.analysis) -------------------------------------------------------
+# -- analyses (numbers via analysis.neural) -------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -489,8 +485,8 @@ def analyse(data: ReportData, steps: _Steps, seed: int = 0) -> dict[str, Any]:
     choice = np.array([t.choice for t in trials], dtype=np.int8)
     correct = np.array([t.outcome == "hit" for t in trials], dtype=bool)
 
-    # performance per condition (sim.analysis, Wilson 95 % CIs) over completed trials
-    perf = analysis.performance_by_condition(correct[completed], cond[completed], instructed[completed])
+    # performance per condition (analysis.neural, Wilson 95 % CIs) over completed trials
+    perf = neural.performance_by_condition(correct[completed], cond[completed], instructed[completed])
 
     usable = complete & completed & (instructed != 0)
     rng = np.random.default_rng(seed)
@@ -506,7 +502,7 @@ def analyse(data: ReportData, steps: _Steps, seed: int = 0) -> dict[str, Any]:
         fit = usable & (cond == "control") & correct
         delay = (t_s > DELAY_S[0]) & (t_s < DELAY_S[1])
         try:
-            cd = analysis.fit_coding_direction(
+            cd = neural.fit_coding_direction(
                 rates[fit][:, delay][:, :, units].mean(axis=1), instructed[fit]
             )
         except ValueError:
@@ -539,7 +535,7 @@ def analyse(data: ReportData, steps: _Steps, seed: int = 0) -> dict[str, Any]:
             hit = (np.sign(v) == choice[selc][:, None]) & ok
             n = ok.sum(axis=0)
             acc = np.where(n > 0, hit.sum(axis=0) / np.maximum(n, 1), np.nan)
-            lo_hi = [analysis.performance(hit[ok[:, j], j]) for j in range(v.shape[1])]
+            lo_hi = [neural.performance(hit[ok[:, j], j]) for j in range(v.shape[1])]
             dec_acc[c] = (
                 acc,
                 np.array([p.ci_low for p in lo_hi]),
@@ -588,7 +584,7 @@ def _selectivity(
     perm = rng.permutation(ctrl)
     fit_half, test_half = np.sort(perm[: ctrl.size // 2]), np.sort(perm[ctrl.size // 2 :])
     delay = (t_s > DELAY_S[0]) & (t_s < DELAY_S[1])
-    pi_win = (t_s > analysis.PI_WINDOW_S[0]) & (t_s < analysis.PI_WINDOW_S[1])
+    pi_win = (t_s > neural.PI_WINDOW_S[0]) & (t_s < neural.PI_WINDOW_S[1])
     d_rate = rates[fit_half][:, delay][:, :, units].mean(axis=1)  # (n_fit, n_units)
     r_side, l_side = instructed[fit_half] > 0, instructed[fit_half] < 0
     if r_side.sum() < 2 or l_side.sum() < 2:
@@ -613,7 +609,7 @@ def _selectivity(
         n_trials[c] = int(idx.size)
         if (ins > 0).sum() < 2 or (ins < 0).sum() < 2:
             continue
-        s = analysis.selectivity(rates[idx][:, :, units], ins)  # (n_bins, n_units), right − left
+        s = neural.selectivity(rates[idx][:, :, units], ins)  # (n_bins, n_units), right − left
         per_neuron[c] = s * pref[None, :]
     per_condition = {c: v.mean(axis=1) for c, v in per_neuron.items()}
     boot = rng.integers(0, units.size, size=(N_BOOT, units.size))
@@ -626,14 +622,14 @@ def _selectivity(
     }
     m, m_ci, t90 = math.nan, (math.nan, math.nan), None
     if "control" in per_neuron and other in per_neuron:
-        m = analysis.modularity(per_condition[other], per_condition["control"], t_s)
+        m = neural.modularity(per_condition[other], per_condition["control"], t_s)
         w_other = per_neuron[other][pi_win].mean(axis=0)
         w_ctrl = per_neuron["control"][pi_win].mean(axis=0)
         mb = w_other[boot].mean(axis=1) / w_ctrl[boot].mean(axis=1)
         m_ci = (float(np.percentile(mb, 2.5)), float(np.percentile(mb, 97.5)))
     if "control" in per_neuron and h in per_neuron:
-        t90 = analysis.t90_recovery_s(
-            per_condition[h], per_condition["control"], t_s, t_light_end_s=analysis.PI_WINDOW_S[1]
+        t90 = neural.t90_recovery_s(
+            per_condition[h], per_condition["control"], t_s, t_light_end_s=neural.PI_WINDOW_S[1]
         )
     return Selectivity(
         [int(u) for u in units],
@@ -683,7 +679,7 @@ def _no_data(path: Path, title: str, why: str) -> str:
 
 def figure_performance(res: dict[str, Any], path: Path) -> str:
     """Fraction correct per condition with Wilson 95 % intervals."""
-    perf: dict[str, analysis.Performance] = res["performance"]
+    perf: dict[str, neural.Performance] = res["performance"]
     conds = [c for c in (*CONDITIONS, NOT_DELIVERED) if c in perf]
     if not conds:
         return _no_data(path, "Performance per condition", "no completed trials")
@@ -1048,9 +1044,9 @@ def _html(data: ReportData, nums: dict[str, Any], figs: dict[str, str]) -> str:
     captions = {
         "performance": "Fraction correct of completed trials (lick after the go cue, no early lick) per "
         "light "
-        "condition actually delivered; Wilson 95 % CIs (sim.analysis.performance_by_condition).",
+        "condition actually delivered; Wilson 95 % CIs (analysis.neural.performance_by_condition).",
         "cd": "Coding direction per hemisphere fitted on control correct trials (delay mean, class-mean difference; "
-        "sim.analysis.fit_coding_direction), projected on every completed trial; solid: instructed right, "
+        "analysis.neural.fit_coding_direction), projected on every completed trial; solid: instructed right, "
         "dashed: instructed left. Blue band: light window.",
         "selectivity": "Selectivity (preferred − non-preferred rate) of delay-selective neurons; "
         "preferred side "
@@ -1058,7 +1054,7 @@ def _html(data: ReportData, nums: dict[str, Any], figs: dict[str, str]) -> str:
         "all completed trials by instructed side. Bands: 95 % bootstrap over neurons "
         f"({N_BOOT} resamples). t90: recovery of the silenced hemisphere after light offset.",
         "modularity": "M = selectivity during photoinhibition of the other hemisphere / control, over "
-        "−1.7…−0.9 s (Chen et al., Cell 2021; sim.analysis.modularity); 95 % bootstrap CI over neurons.",
+        "−1.7…−0.9 s (Chen et al., Cell 2021; analysis.neural.modularity); 95 % bootstrap CI over neurons.",
         "decoder": "The online decoder's sign vs the mouse's choice, per 100-ms bin, completed trials.",
         "light": "Commanded light per trial against the interlock limits.",
         "latency": "Internal: frame received → command sent (rigd clock). End to end: rig send → command "

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from analysis.stats import wilson
 from controllers.base import Controller
 from controllers.policies import ModularityProbe, modularity_with_ci
 from controllers.protocol import Protocol, build_controller, light_window_from_go, load_protocol
@@ -46,19 +47,6 @@ from rig.errors import Counters
 from rig.pipeline import InlineExecutor, Pipeline, PipelineParts, online_decoder
 from sim.config import MouseConfig
 from sim.mouse import SimulatedMouse
-
-_SIDE = {"right": 1, "left": -1}
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
 
 
 @dataclass
@@ -289,7 +277,7 @@ def _summarise(proto: Protocol, *, logs: list[dict[str, Any]], mouse: SimulatedM
         outcome = t.get("outcome")
         row = {"trial": lg.get("trial"), "condition": cond, "outcome": outcome,
                "light": t.get("light_condition", "none"), "state": lg.get("state"),
-               "instructed": _SIDE.get(str(t.get("instructed")), 0),
+               "instructed": wire.side_sign(t.get("instructed")),
                "window_latent": summaries.get(int(lg.get("trial", -1)))}
         rows.append(row)
         if outcome in ("hit", "error"):

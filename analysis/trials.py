@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from decoders.base import LEFT, RIGHT, TrialSet
+from rig import wire
 from rig.session import Session
-
-_SIDE = {"left": -1, "right": 1}
 
 
 def session_trialset(session_dir: Path | str, *, bin_s: float = 0.1, t_window_s: tuple[float, float] = (-3.5, 0.0),
@@ -69,8 +68,8 @@ def session_trialset(session_dir: Path | str, *, bin_s: float = 0.1, t_window_s:
         binned = np.zeros((n_bins, n_units), dtype=np.uint16)
         np.add.at(binned, b, counts[i0:i1].astype(np.uint16))
         rows.append(binned)
-        choice.append(_SIDE.get(str(o.get("choice")), 0))
-        instructed.append(_SIDE.get(str(starts[k].get("instructed")), 0))
+        choice.append(wire.side_sign(o.get("choice")))
+        instructed.append(wire.side_sign(starts[k].get("instructed")))
         correct.append(o.get("outcome") == "hit")
         trial_ids.append(k)
     if not rows:
