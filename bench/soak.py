@@ -9,7 +9,10 @@ started again on the same port. It checks:
 * frames: every frame each rig process says it sent (its summary's ``bins``) was processed by rigd
   (``frames`` in rigd's final status) — the restart gap is the time between the two rig processes,
   in which nothing is sent, so "lost outside the gap" is sent − processed;
-* memory: rigd's RSS after warm-up against its RSS at the end (growth in %);
+* memory: rigd's RSS, sampled every 5 s: the median of the first ``--rss-window-s`` after warm-up
+  against the median of the last ``--rss-window-s`` (growth in %), and the peak. Medians, because a
+  decoder refit (every 20 trials) holds a few hundred MB for its few seconds at 1,000 units: a
+  single sample taken during one is a refit, not growth;
 * the restart and the broker outage as rigd saw them (alarms and counters), and that the loop kept
   running (``errors.loop.internal``).
 
@@ -21,14 +24,17 @@ Prints one JSON object; ``--markdown`` also prints the row for docs/benchmarks.m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +111,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--warmup-s", type=float, default=60.0, help="RSS baseline taken after this long")
+    ap.add_argument("--rss-window-s", type=float, default=300.0, help="RSS medians over this long")
     ap.add_argument("--markdown", action="store_true")
     a = ap.parse_args()
     total = a.minutes * 60
@@ -130,8 +137,16 @@ def main() -> int:
         time.sleep(0.1)
     t0 = time.monotonic()
     rig = _rig(ingest, command, 1, tmp / "rig1.log")
-    time.sleep(a.warmup_s)
-    rss0 = _rss_mb(rigd.pid)
+    samples: list[tuple[float, float]] = []  # (s since start, RSS MB)
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(5.0):
+            with contextlib.suppress(OSError):
+                samples.append((time.monotonic() - t0, _rss_mb(rigd.pid)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     summaries: list[dict[str, Any]] = []
     time.sleep(max(0.0, total / 3 - (time.monotonic() - t0)))
     summaries.append(_stop_rig(rig))
@@ -142,7 +157,14 @@ def main() -> int:
     broker.start()
     time.sleep(max(0.0, total - (time.monotonic() - t0)))
     summaries.append(_stop_rig(rig))
-    rss1 = _rss_mb(rigd.pid)
+    sampling.set()
+    sampler.join()
+    end = samples[-1][0] if samples else total
+    first = [m for t, m in samples if a.warmup_s <= t < a.warmup_s + a.rss_window_s]
+    last = [m for t, m in samples if t >= end - a.rss_window_s]
+    rss0 = statistics.median(first) if first else float("nan")
+    rss1 = statistics.median(last) if last else float("nan")
+    peak = max((m for _, m in samples), default=float("nan"))
     time.sleep(2.0)  # the last frames and acks arrive
     st = _status(env, name)
     rigd.send_signal(signal.SIGTERM)
@@ -156,7 +178,8 @@ def main() -> int:
         "minutes": a.minutes, "units": 1000, "rate_hz": 1000, "frames_sent": sent, "frames_processed": processed,
         "frames_lost": sent - processed,
         "rss_after_warmup_mb": round(rss0, 1), "rss_end_mb": round(rss1, 1),
-        "rss_growth_pct": round(100 * (rss1 - rss0) / rss0, 2),
+        "rss_growth_pct": round(100 * (rss1 - rss0) / rss0, 2), "rss_peak_mb": round(peak, 1),
+        "rss_window_s": a.rss_window_s, "warmup_s": a.warmup_s,
         "rig_restarts_seen": counters.get("rigs.restarts", 0),
         "control_plane_reconnects": counters.get("control_plane.reconnects", 0),
         "loop_internal_errors": counters.get("errors.loop.internal", 0),
@@ -169,7 +192,8 @@ def main() -> int:
     if a.markdown:
         print(f"| {a.minutes:.0f} min | {sent:,} | {processed:,} | {sent - processed} | {out['rig_restarts_seen']} | "
               f"{out['control_plane_reconnects']} | "
-              f"{rss0:.0f} → {rss1:.0f} MB ({out['rss_growth_pct']:+.1f} %) | {out['loop_internal_errors']} |")
+              f"{rss0:.0f} → {rss1:.0f} MB ({out['rss_growth_pct']:+.1f} %), peak {peak:.0f} MB | "
+              f"{out['loop_internal_errors']} |")
     return 0 if sent == processed and out["rss_growth_pct"] < 5 else 1
 
 

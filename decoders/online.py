@@ -142,7 +142,11 @@ class OnlineDecoder:
         self._cap = cap
         self._buf = np.zeros((self.n_bins, self.n_units), dtype=np.uint16)
         self._got = np.zeros(self.n_bins, dtype=np.int64)  # frames received per fit bin
-        self._pool = np.zeros((cap, self.n_bins, self.n_units), dtype=np.uint16)
+        # the calibration pool, committed now: written through once so its pages are resident from the
+        # start (np.zeros maps them lazily: RSS would otherwise creep up for window_trials trials, and a
+        # machine short of memory would fail mid-session instead of here, at the rig's description)
+        self._pool = np.empty((cap, self.n_bins, self.n_units), dtype=np.uint16)
+        self._pool.fill(0)
         self._pool_choice = np.zeros(cap, dtype=np.int8)
         self._pool_instructed = np.zeros(cap, dtype=np.int8)
         self._pool_correct = np.zeros(cap, dtype=np.bool_)
