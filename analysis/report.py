@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import html
 import json
 import math
 import re
@@ -29,30 +28,44 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from matplotlib.figure import Figure
 from pynwb import NWBHDF5IO
-from scipy import stats
+from scipy import stats as scipy_stats
 
-from analysis import neural
+from analysis import neural, stats
+from analysis.condition_windows import (
+    ConditionLight,
+    TrialLight,
+    condition_lights,
+    read_protocol,
+    window_notes,
+)
+from analysis.report_figures import (
+    figure_cd,
+    figure_decoder,
+    figure_latency,
+    figure_light,
+    figure_modularity,
+    figure_performance,
+    figure_selectivity,
+    light_bands,
+)
+from analysis.report_page import page
 from hardware.calibration import default_limits
 from rig import wire
-from rig.conditions import CONDITIONS, NOT_DELIVERED, canonical_condition, delivered_condition, join_recorded_acks
+from rig.conditions import NOT_DELIVERED, canonical_condition, delivered_condition, join_recorded_acks, trial_label
 from rig.progress import count
 from rig.session import Session
 from rig.telemetry import FIELDS
 
 FloatArray = npt.NDArray[np.float64]
 NS = 1e9
-COLOURS = {"control": "#222222", "left": "#1a73e8", "right": "#d93025", "bilateral": "#8e44ad"}
 OTHER = {"left": "right", "right": "left"}
-FIG_SIZE_IN = (9.0, 4.5)
-FIG_DPI = 100  #: every figure is 900 × 450 px
 BIN_S = 0.1  #: analysis bins (100-ms windows, as Yang et al., Nat Neurosci 2022)
 WINDOW_S = (-3.5, 1.0)  #: trial span around the go cue (pre-sample to response)
-N_BOOT = 1000  #: bootstrap resamples over neurons (Chen et al., Cell 2021)
+N_BOOT = stats.N_BOOT  #: bootstrap resamples (Chen et al., Cell 2021)
 DEFAULT_GO_AFTER_START_S = 3.5  #: pre-sample 0.5 + sample 1.3 + delay 1.7 s (docs/simulator.md)
 SELECTIVE_MIN_HZ = 0.5  #: |preferred − non-preferred| > 0.5 spikes/s (Chen et al. 2021 analysis code)
-DELAY_S = (-1.7, 0.0)
+DELAY_S = (-1.7, 0.0)  #: the delay epoch when a recording carries no delay onsets (docs/simulator.md)
 
 
 class ProgressLike(Protocol):
@@ -106,17 +119,24 @@ class Trial:
     choice: int
     outcome: str
     early_lick: bool
-    condition: str  #: control / left / right / bilateral / not_delivered
-    planned: str  #: condition the protocol asked for
+    condition: str  #: delivered (rig/conditions.py): control / left / right / bilateral / not_delivered
+    planned: str  #: the protocol's condition label for the trial (``right_late``…), delivered or not
     go_s: float  #: go cue, seconds on the session clock
     power_mw: float = 0.0
     spots_left: int = 0
     spots_right: int = 0
     duration_s: float = 0.0
     ramp_s: float = 0.0
-    onset_s: float | None = None  #: light onset from the go cue
+    onset_s: float | None = None  #: delivered light's onset from the go cue (measured, else commanded)
     status: str = "none"
     refused: tuple[str, ...] = ()
+    sample_onset_s: float | None = None  #: the trial's sample onset from its go cue
+    delay_onset_s: float | None = None  #: the trial's delay onset from its go cue
+
+    @property
+    def label(self) -> str:
+        """The condition the trial is analysed under: the protocol's name, or ``not_delivered``."""
+        return trial_label(self.planned, self.condition)
 
     @property
     def completed(self) -> bool:
@@ -147,6 +167,18 @@ class ReportData:
     meta: dict[str, Any]
     alarms: list[dict[str, Any]]
     notes: list[str] = dataclasses.field(default_factory=list)
+    conditions: dict[str, ConditionLight] = dataclasses.field(default_factory=dict)
+
+    def finish(self) -> ReportData:
+        """Name the conditions and find their light windows (the recorded protocol + delivered light)."""
+        proto, why = read_protocol(str(self.protocol.get("text") or ""))
+        if why:
+            self.notes.append(why)
+        lights = [TrialLight(t.label, t.condition, t.planned, t.onset_s, t.duration_s, t.sample_onset_s,
+                             t.delay_onset_s) for t in self.trials]
+        self.conditions = condition_lights(lights, proto)
+        self.notes.extend(window_notes(self.conditions, BIN_S))
+        return self
 
 
 def _popcount(x: int) -> int:
@@ -173,11 +205,19 @@ def load_session(session_dir: Path, steps: _Steps) -> ReportData:
     n_left = int(desc.get("units_left", n_units // 2))
     frame_s = float(desc.get("bin_s", np.median(np.diff(t_rig)) * 1e-9 if len(t_rig) > 1 else 1e-3))
     go: dict[int, int] = {}
+    anchors: dict[int, dict[str, int]] = {}  # sample/delay onsets: the actual event beats the plan
     for e in s.events():
-        if e["event"] == "trial_start" and e.get("t_go_ns"):
-            go.setdefault(int(e["trial"]), int(e["t_go_ns"]))
+        k = int(e.get("trial", -1))
+        if e["event"] == "trial_start":
+            if e.get("t_go_ns"):
+                go.setdefault(k, int(e["t_go_ns"]))
+            for key, field in (("sample", "t_sample_ns"), ("delay", "t_delay_ns")):
+                if e.get(field):
+                    anchors.setdefault(k, {}).setdefault(key, int(e[field]))
         elif e["event"] == "go_cue":
-            go[int(e["trial"])] = int(e["t_rig_ns"])  # the actual cue beats the plan
+            go[k] = int(e["t_rig_ns"])  # the actual cue beats the plan
+        elif e["event"] in ("sample_on", "delay_on"):
+            anchors.setdefault(k, {})[e["event"].removesuffix("_on")] = int(e["t_rig_ns"])
     trials: list[Trial] = []
     for tr in join_recorded_acks(s.trials(), s.light_acks()):  # acks recorded after a summary count too
         k = int(tr["trial"])
@@ -185,8 +225,12 @@ def load_session(session_dir: Path, steps: _Steps) -> ReportData:
             continue
         light = tr.get("light") or {}
         status = str(tr["light_status"])
-        planned = str(tr["planned_condition"])
+        planned = str(tr.get("condition") or tr["planned_condition"])  # the protocol's own label
         cond = str(tr["delivered_condition"])
+        anchor = anchors.get(k, {})
+        measured = light.get("t_light_change_rig_ns")
+        onset = ((int(measured) - go[k]) / NS if measured
+                 else float(light["onset_t_s"]) if light.get("onset_t_s") is not None else None)
         trials.append(
             Trial(
                 trial=k,
@@ -202,9 +246,11 @@ def load_session(session_dir: Path, steps: _Steps) -> ReportData:
                 spots_right=int(light.get("spots_right", 0)),
                 duration_s=float(light.get("duration_s", 0.0)),
                 ramp_s=float(light.get("ramp_down_s", 0.0)),
-                onset_s=float(light["onset_t_s"]) if light.get("onset_t_s") is not None else None,
+                onset_s=onset,
                 status=status,
                 refused=tuple(str(r) for r in tr.get("refused") or ()),
+                sample_onset_s=(anchor["sample"] - go[k]) / NS if "sample" in anchor else None,
+                delay_onset_s=(anchor["delay"] - go[k]) / NS if "delay" in anchor else None,
             )
         )
     notes: list[str] = []
@@ -303,7 +349,7 @@ def load_nwb(path: Path, steps: _Steps) -> ReportData:
         f = io.read()
         ts = f.processing["ecephys"]["binned_spike_counts"]
         counts = np.asarray(ts.data[:])
-        t_frames = np.asarray(ts.timestamps[:], dtype=np.float64)
+        t_frames = np.asarray(ts.get_timestamps(), dtype=np.float64)
         ui = f.processing["ecephys"]["unit_info"].to_dataframe()
         hemisphere = (ui["hemisphere"].to_numpy() == "right").astype(np.int8)
         fs_units = {int(i) for i in np.flatnonzero(ui["fast_spiking"].to_numpy().astype(bool))}
@@ -322,18 +368,20 @@ def load_nwb(path: Path, steps: _Steps) -> ReportData:
             status = str(r.get("photostim_status", "none"))
             power = float(r.get("photostim_power", 0.0))
             spots = 0b1111  # the trials table has no spot masks: 4 spots per lit hemisphere (Chen 2021)
+            planned = cond_name  # the protocol's label (the export's PLANNED column)
             if "photostim_delivered_condition" in r:  # planned and delivered columns (analysis.nwb_export)
-                planned = canonical_condition(cond_name)
                 got = str(r["photostim_delivered_condition"])
                 lit = bool(r.get("photostim_delivered")) and got in ("left", "right", "bilateral")
                 cond = delivered_condition(planned, got if lit else None, "applied" if lit else status)
-                planned_lit = cond if lit else planned
+                planned_lit = cond if lit else canonical_condition(planned)
             else:  # an older export: one condition column, delivered-ness from the ack status
-                planned = canonical_condition(cond_name)
-                lit = power > 0 and planned in ("left", "right", "bilateral")
-                cond = delivered_condition(planned, planned if lit else None, status)
-                planned_lit = planned
+                planned_lit = canonical_condition(cond_name)
+                lit = power > 0 and planned_lit in ("left", "right", "bilateral")
+                cond = delivered_condition(planned_lit, planned_lit if lit else None, status)
             onset = float(r.get("photostim_onset", np.nan))
+            measured = float(r.get("photostim_onset_measured", np.nan))
+            if math.isfinite(measured):
+                onset = measured
             trials.append(
                 Trial(
                     trial=i,
@@ -362,7 +410,7 @@ def load_nwb(path: Path, steps: _Steps) -> ReportData:
         if "decoding" in f.processing:
             d = f.processing["decoding"]["decoder_output"]
             arr = np.asarray(d.data[:], dtype=np.float64)
-            dec_t = np.asarray(d.timestamps[:], dtype=np.float64)
+            dec_t = np.asarray(d.get_timestamps(), dtype=np.float64)
             dec = arr[:, [0, 2, 3]]
         proto_text = str(f.protocol or "")
         m = re.search(r"protocol sha256 ([0-9a-f]{64}|\?)", str(f.notes or ""))
@@ -452,26 +500,107 @@ def bin_by_trial(
     return out, complete
 
 
-# -- analyses (numbers via analysis.neural) -------------------------------------------------------
+# -- analyses (numbers via analysis.neural and analysis.stats) ------------------------------------
+
+
+MIN_PER_SIDE = 5  #: completed trials per instructed side a condition needs for selectivity, M and CD traces
+MIN_DECODER_TRIALS = 10  #: completed trials a condition needs for its decoder-accuracy curve
+MIN_NEURONS = 3  #: delay-selective neurons a hemisphere needs for selectivity bands and M's CI (bootstrap)
+HEMI_INDEX = {"left": 0, "right": 1}
+
+
+def needs_trials(need: int, n_left: int, n_right: int, what: str = "completed trials per instructed side") -> str:
+    """The one wording of "too few trials" (docs/report.md): what is needed and what there is."""
+    return f"needs ≥ {need} {what} (has {n_left} left, {n_right} right)"
+
+
+@dataclasses.dataclass
+class Unavailable:
+    """A figure or number the session cannot give, and why (shown on the page and in report.json)."""
+
+    what: str
+    why: str
+
+
+@dataclasses.dataclass
+class Modularity:
+    """M of one hemisphere while one condition silences the other (Chen et al., Cell 2021)."""
+
+    condition: str
+    silenced: str
+    window_s: tuple[float, float] | None  #: the condition's light window (s from the go cue)
+    window_source: str
+    value: float | None = None
+    ci: tuple[float, float] | None = None
+    n_trials: int = 0
+    why: str | None = None
+
+
+@dataclasses.dataclass
+class Recovery:
+    """t90 of a silenced hemisphere after one condition's light ends."""
+
+    condition: str
+    light_end_s: float | None
+    t90_s: float | None = None
+    why: str | None = None
 
 
 @dataclasses.dataclass
 class Selectivity:
-    """Population selectivity of one hemisphere's delay-selective neurons."""
+    """Population selectivity of one hemisphere's delay-selective neurons, per condition."""
 
+    hemisphere: str
     units: list[int]
     pref: list[int]  #: preferred side of each unit (+1 right, -1 left), from the fitting half
     control_trials: list[int]  #: held-out control trials (indices into ReportData.trials)
     per_condition: dict[str, FloatArray]  #: mean over neurons, (n_bins,)
     ci: dict[str, tuple[FloatArray, FloatArray]]
-    modularity: float
-    modularity_ci: tuple[float, float]
-    t90_s: float | None
     n_trials: dict[str, int]
+    modularity: dict[str, Modularity]
+    recovery: dict[str, Recovery]
+    skipped: dict[str, str]  #: conditions without a selectivity curve, and why
+    why: str | None = None  #: why there is no selectivity at all for this hemisphere
 
 
-def analyse(data: ReportData, steps: _Steps, seed: int = 0) -> dict[str, Any]:
+@dataclasses.dataclass
+class CdTraces:
+    """CD projection (p − db) of one hemisphere: per condition and instructed side, mean and 95 % band."""
+
+    hemisphere: str
+    traces: dict[str, dict[int, tuple[FloatArray, FloatArray, FloatArray, int]]]
+    skipped: dict[str, str]
+    why: str | None = None
+
+
+@dataclasses.dataclass
+class Analysis:
     """Every number of the report (figures are drawn from this)."""
+
+    t_s: FloatArray
+    labels: list[str]  #: analysed conditions, protocol order (never merged)
+    control: str  #: the reference condition's name
+    performance: dict[str, neural.Performance]
+    versus_control: dict[str, dict[str, Any]]
+    selectivity: dict[str, Selectivity]
+    cd: dict[str, CdTraces]
+    decoder_accuracy: dict[str, tuple[FloatArray, FloatArray, FloatArray, int]]
+    decoder_skipped: dict[str, str]
+    n_trials: int
+    n_complete: int
+    unavailable: list[Unavailable]
+
+
+def _side_counts(mask: npt.NDArray[np.bool_], instructed: npt.NDArray[np.int8]) -> tuple[int, int]:
+    return int((mask & (instructed < 0)).sum()), int((mask & (instructed > 0)).sum())
+
+
+def _bins_in(t_s: FloatArray, window: tuple[float, float]) -> npt.NDArray[np.bool_]:
+    return np.asarray((t_s > window[0]) & (t_s < window[1]), dtype=bool)
+
+
+def analyse(data: ReportData, steps: _Steps, seed: int = 0) -> Analysis:
+    """Every number of the report, per condition as the protocol names it (conditions never merged)."""
     trials = data.trials
     go = [t.go_s for t in trials]
     steps.start("cutting spike counts per trial", len(trials))
@@ -480,340 +609,266 @@ def analyse(data: ReportData, steps: _Steps, seed: int = 0) -> dict[str, Any]:
     t_s: FloatArray = (WINDOW_S[0] + BIN_S * (np.arange(counts.shape[1]) + 0.5)).astype(np.float64)
     rates = counts / BIN_S
     completed = np.array([t.completed for t in trials], dtype=bool)
-    cond = np.array([t.condition for t in trials])
+    label = np.array([t.label for t in trials])
+    role = np.array([t.condition for t in trials])
     instructed = np.array([t.instructed for t in trials], dtype=np.int8)
     choice = np.array([t.choice for t in trials], dtype=np.int8)
     correct = np.array([t.outcome == "hit" for t in trials], dtype=bool)
+    labels = [c for c in data.conditions if (label == c).any()]
+    controls = [c for c in labels if data.conditions[c].hemisphere is None]
+    control = controls[0] if len(controls) == 1 else "control"
+    is_control = role == "control"  # every no-light trial is the reference (one control name in practice)
+    unavailable: list[Unavailable] = []
 
-    # performance per condition (analysis.neural, Wilson 95 % CIs) over completed trials
-    perf = neural.performance_by_condition(correct[completed], cond[completed], instructed[completed])
+    # performance per condition (analysis.neural, Wilson 95 % CIs) over completed trials, and Δ vs control
+    perf = neural.performance_by_condition(correct[completed], label[completed], instructed[completed])
+    ref = neural.performance(correct[completed & is_control])
+    versus: dict[str, dict[str, Any]] = {}
+    for c in labels:
+        if c in controls:
+            continue
+        p = perf.get(c) or neural.performance(np.zeros(0, dtype=bool))
+        if p.n == 0 or ref.n == 0:
+            why = f"needs ≥ 1 completed trial in {c} and in {control} (has {p.n} and {ref.n})"
+            versus[c] = {"n": p.n, "n_control": ref.n, "why": why}
+            unavailable.append(Unavailable(f"Δ fraction correct, {c} vs {control}", why))
+            continue
+        cmp = stats.compare_proportions(p.correct, p.n, ref.correct, ref.n)
+        versus[c] = {"n": p.n, "n_control": ref.n, "delta": cmp.delta, "ci_low": cmp.ci_low,
+                     "ci_high": cmp.ci_high, "p_fisher": cmp.p_fisher, "odds_ratio": cmp.odds_ratio,
+                     "why": None}
 
     usable = complete & completed & (instructed != 0)
     rng = np.random.default_rng(seed)
+    delays = [t.delay_onset_s for t in trials if t.delay_onset_s is not None]
+    delay_s = (float(np.median(delays)) if delays else DELAY_S[0], 0.0)
     steps.start("selectivity and modularity (bootstrap over neurons)", 2)
-    sel = {h: _selectivity(h, rates, t_s, usable, cond, instructed, data, rng) for h in ("left", "right")}
-    for _ in sel:
+    sel: dict[str, Selectivity] = {}
+    for h in ("left", "right"):
+        sel[h] = _selectivity(h, rates, t_s, usable, label, is_control, instructed, data, labels, controls,
+                              delay_s, rng)
         steps.advance()
+        if sel[h].why:
+            unavailable.append(Unavailable(f"selectivity and M of the {h} ALM", sel[h].why or ""))
+        for m in sel[h].modularity.values():
+            if m.why:
+                unavailable.append(Unavailable(f"M of the {h} ALM with {m.condition} ({m.silenced} ALM lit)", m.why))
+        for r in sel[h].recovery.values():
+            if r.why:
+                unavailable.append(Unavailable(f"t90 of the {h} ALM after {r.condition}", r.why))
+        if not sel[h].why and not sel[h].modularity:
+            unavailable.append(Unavailable(
+                f"M of the {h} ALM", f"no condition of this session lights the {OTHER[h]} ALM alone"))
 
-    # CD projection per hemisphere per condition (CD fitted on control correct trials, delay mean)
-    cd_proj: dict[str, dict[str, dict[int, FloatArray]]] = {}
-    for h, hi in (("left", 0), ("right", 1)):
-        units = [u for u in np.flatnonzero(data.hemisphere == hi) if u not in data.fs_units]
-        fit = usable & (cond == "control") & correct
-        delay = (t_s > DELAY_S[0]) & (t_s < DELAY_S[1])
-        try:
-            cd = neural.fit_coding_direction(
-                rates[fit][:, delay][:, :, units].mean(axis=1), instructed[fit]
-            )
-        except ValueError:
+    cd = {h: _cd_traces(h, rates, t_s, usable, label, is_control, correct, instructed, data, labels, controls,
+                        delay_s, rng) for h in ("left", "right")}
+    for h, tr in cd.items():
+        if tr.why:
+            unavailable.append(Unavailable(f"CD projection of the {h} ALM", tr.why))
+        for c, why in tr.skipped.items():
+            unavailable.append(Unavailable(f"CD projection of the {h} ALM in {c}", why))
+
+    dec_acc, dec_skipped = _decoder_accuracy(data, go, completed, label, choice, labels)
+    for c, why in dec_skipped.items():
+        unavailable.append(Unavailable(f"decoder accuracy in {c}", why))
+    return Analysis(t_s, labels, control, perf, versus, sel, cd, dec_acc, dec_skipped, len(trials),
+                    int(usable.sum()), unavailable)
+
+
+def _decoder_accuracy(data: ReportData, go: list[float], completed: npt.NDArray[np.bool_],
+                      label: npt.NDArray[np.str_], choice: npt.NDArray[np.int8], labels: list[str]
+                      ) -> tuple[dict[str, tuple[FloatArray, FloatArray, FloatArray, int]], dict[str, str]]:
+    """Online decoder's sign vs the mouse's choice per bin, per condition with enough trials."""
+    acc: dict[str, tuple[FloatArray, FloatArray, FloatArray, int]] = {}
+    skipped: dict[str, str] = {}
+    if not data.decoder.shape[0]:
+        return acc, {"all conditions": "no decoder outputs recorded"}
+    order = np.argsort(data.decoder_t_s, kind="stable")
+    dt_s = float(np.median(np.diff(data.decoder_t_s[order]))) if data.decoder.shape[0] > 1 else data.frame_s
+    dec, _ = bin_by_trial(data.decoder_t_s[order], data.decoder[order][:, :1], go, dt_s, mean=True)
+    val = dec[:, :, 0]
+    for c in labels:
+        selc = completed & (label == c) & (choice != 0)
+        if selc.sum() < MIN_DECODER_TRIALS:
+            skipped[c] = f"needs ≥ {MIN_DECODER_TRIALS} completed trials per condition (has {int(selc.sum())})"
             continue
-        proj = cd.project(rates[:, :, units])
-        cd_proj[h] = {
-            c: {
-                side: proj[usable & (cond == c) & (instructed == side)].mean(axis=0)
-                for side in (1, -1)
-                if (usable & (cond == c) & (instructed == side)).any()
-            }
-            for c in CONDITIONS
-        }
-
-    # online decoder accuracy over the trial (sign of value vs the mouse's choice)
-    dec_acc: dict[str, tuple[FloatArray, FloatArray, FloatArray, int]] = {}
-    if data.decoder.shape[0]:
-        order = np.argsort(data.decoder_t_s, kind="stable")
-        dt_s = (
-            float(np.median(np.diff(data.decoder_t_s[order]))) if data.decoder.shape[0] > 1 else data.frame_s
-        )
-        dec, _ = bin_by_trial(data.decoder_t_s[order], data.decoder[order][:, :1], go, dt_s, mean=True)
-        val = dec[:, :, 0]
-        for c in CONDITIONS:
-            selc = completed & (cond == c) & (choice != 0)
-            if not selc.any():
-                continue
-            v = val[selc]
-            ok = np.isfinite(v) & (v != 0)
-            hit = (np.sign(v) == choice[selc][:, None]) & ok
-            n = ok.sum(axis=0)
-            acc = np.where(n > 0, hit.sum(axis=0) / np.maximum(n, 1), np.nan)
-            lo_hi = [neural.performance(hit[ok[:, j], j]) for j in range(v.shape[1])]
-            dec_acc[c] = (
-                acc,
-                np.array([p.ci_low for p in lo_hi]),
-                np.array([p.ci_high for p in lo_hi]),
-                int(selc.sum()),
-            )
-
-    n_perturbed = sum(t.condition in ("left", "right", "bilateral") for t in trials)
-    return {
-        "t_s": t_s,
-        "performance": perf,
-        "selectivity": sel,
-        "cd": cd_proj,
-        "decoder_accuracy": dec_acc,
-        "n_trials": len(trials),
-        "n_complete": int(usable.sum()),
-        "n_perturbed": n_perturbed,
-        "conditions": {c: int((cond == c).sum()) for c in sorted(set(cond.tolist()))},
-    }
+        v = val[selc]
+        ok = np.isfinite(v) & (v != 0)
+        hit = (np.sign(v) == choice[selc][:, None]) & ok
+        n = ok.sum(axis=0)
+        a = np.where(n > 0, hit.sum(axis=0) / np.maximum(n, 1), np.nan)
+        lo_hi = [neural.performance(hit[ok[:, j], j]) for j in range(v.shape[1])]
+        acc[c] = (a, np.array([p.ci_low for p in lo_hi]), np.array([p.ci_high for p in lo_hi]), int(selc.sum()))
+    return acc, skipped
 
 
-def _selectivity(
-    h: str,
-    rates: FloatArray,
-    t_s: FloatArray,
-    usable: npt.NDArray[np.bool_],
-    cond: npt.NDArray[np.str_],
-    instructed: npt.NDArray[np.int8],
-    data: ReportData,
-    rng: np.random.Generator,
-) -> Selectivity | None:
-    """Delay-selective neurons of hemisphere ``h`` and their selectivity per condition (Chen et al. 2021).
+def _cd_traces(h: str, rates: FloatArray, t_s: FloatArray, usable: npt.NDArray[np.bool_],
+               label: npt.NDArray[np.str_], is_control: npt.NDArray[np.bool_], correct: npt.NDArray[np.bool_],
+               instructed: npt.NDArray[np.int8], data: ReportData, labels: list[str], controls: list[str],
+               delay_s: tuple[float, float], rng: np.random.Generator) -> CdTraces:
+    """CD of hemisphere ``h`` fitted on control correct trials (delay mean), projected per condition."""
+    units = [u for u in np.flatnonzero(data.hemisphere == HEMI_INDEX[h]) if u not in data.fs_units]
+    fit = usable & is_control & correct
+    nl, nr = _side_counts(fit, instructed)
+    if not units:
+        return CdTraces(h, {}, {}, f"no {h}-hemisphere units recorded")
+    if min(nl, nr) < MIN_PER_SIDE:
+        return CdTraces(h, {}, {}, needs_trials(MIN_PER_SIDE, nl, nr, "correct control trials per instructed "
+                                                "side to fit a coding direction"))
+    delay = _bins_in(t_s, delay_s)
+    cd = neural.fit_coding_direction(rates[fit][:, delay][:, :, units].mean(axis=1), instructed[fit])
+    proj = cd.project(rates[:, :, units])
+    traces: dict[str, dict[int, tuple[FloatArray, FloatArray, FloatArray, int]]] = {}
+    skipped: dict[str, str] = {}
+    for c in labels:
+        sel_c = usable & (label == c)
+        nl, nr = _side_counts(sel_c, instructed)
+        if min(nl, nr) < MIN_PER_SIDE:
+            skipped[c] = needs_trials(MIN_PER_SIDE, nl, nr)
+            continue
+        traces[c] = {}
+        for side in (1, -1):
+            rows = proj[sel_c & (instructed == side)]
+            lo, hi = stats.bootstrap_ci(rows, rng=rng)
+            traces[c][side] = (rows.mean(axis=0), lo, hi, int(rows.shape[0]))
+    return CdTraces(h, traces, skipped)
 
-    Preferred side and selection come from one random half of the control trials, control
-    selectivity from the other half (no selection bias); photoinhibition conditions use all their
-    trials. Trials: all completed trials labelled by instructed side (docs/report.md).
+
+def _selectivity(h: str, rates: FloatArray, t_s: FloatArray, usable: npt.NDArray[np.bool_],
+                 label: npt.NDArray[np.str_], is_control: npt.NDArray[np.bool_], instructed: npt.NDArray[np.int8],
+                 data: ReportData, labels: list[str], controls: list[str], delay_s: tuple[float, float],
+                 rng: np.random.Generator) -> Selectivity:
+    """Delay-selective neurons of hemisphere ``h``, their selectivity per condition, M and t90 (Chen et al. 2021).
+
+    Preferred side and selection come from one random half of each side's control trials, control
+    selectivity from the other half (no selection bias); light conditions use all their trials.
+    M and t90 are measured in each condition's own light window (docs/report.md).
     """
-    hi = 0 if h == "left" else 1
     other = OTHER[h]
-    units = np.array(
-        [u for u in np.flatnonzero(data.hemisphere == hi) if u not in data.fs_units], dtype=np.intp
-    )
-    ctrl = np.flatnonzero(usable & (cond == "control"))
-    if units.size == 0 or ctrl.size < 8:
-        return None
-    perm = rng.permutation(ctrl)
-    fit_half, test_half = np.sort(perm[: ctrl.size // 2]), np.sort(perm[ctrl.size // 2 :])
-    delay = (t_s > DELAY_S[0]) & (t_s < DELAY_S[1])
-    pi_win = (t_s > neural.PI_WINDOW_S[0]) & (t_s < neural.PI_WINDOW_S[1])
+    empty = Selectivity(h, [], [], [], {}, {}, {}, {}, {}, {})
+    units = np.array([u for u in np.flatnonzero(data.hemisphere == HEMI_INDEX[h]) if u not in data.fs_units],
+                     dtype=np.intp)
+    if units.size == 0:
+        return dataclasses.replace(empty, why=f"no {h}-hemisphere units recorded")
+    ctrl = np.flatnonzero(usable & is_control)
+    by_side = [ctrl[instructed[ctrl] == s] for s in (-1, 1)]
+    if min(len(b) for b in by_side) < 2 * MIN_PER_SIDE:
+        return dataclasses.replace(empty, why=needs_trials(
+            2 * MIN_PER_SIDE, len(by_side[0]), len(by_side[1]),
+            "completed control trials per instructed side (half to select neurons, half to measure)"))
+    halves = [rng.permutation(b) for b in by_side]
+    fit_half = np.sort(np.concatenate([b[: b.size // 2] for b in halves]))
+    test_half = np.sort(np.concatenate([b[b.size // 2:] for b in halves]))
+    delay = _bins_in(t_s, delay_s)
     d_rate = rates[fit_half][:, delay][:, :, units].mean(axis=1)  # (n_fit, n_units)
     r_side, l_side = instructed[fit_half] > 0, instructed[fit_half] < 0
-    if r_side.sum() < 2 or l_side.sum() < 2:
-        return None
     diff = d_rate[r_side].mean(axis=0) - d_rate[l_side].mean(axis=0)
-    p = stats.ttest_ind(d_rate[r_side], d_rate[l_side], axis=0, equal_var=False).pvalue
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = scipy_stats.ttest_ind(d_rate[r_side], d_rate[l_side], axis=0, equal_var=False).pvalue
     keep = (np.nan_to_num(p, nan=1.0) < 0.05) & (np.abs(diff) > SELECTIVE_MIN_HZ)
-    # light-excited (putative inhibitory) units: > 2× control rate during own-hemisphere light (Chen et al. 2021)
-    own = np.flatnonzero(usable & (cond == h))
-    if own.size:
-        own_rate = rates[own][:, pi_win][:, :, units].mean(axis=(0, 1))
-        ctrl_rate = rates[ctrl][:, pi_win][:, :, units].mean(axis=(0, 1))
-        keep &= ~(own_rate > 2 * np.maximum(ctrl_rate, 1e-9))
+    # light-excited (putative inhibitory) units: > 2× control rate under their own hemisphere's light,
+    # each lighting condition in its own window (Chen et al. 2021)
+    for c in labels:
+        cl = data.conditions[c]
+        if cl.hemisphere not in (h, "bilateral") or cl.window_s is None or not _bins_in(t_s, cl.window_s).any():
+            continue
+        own = np.flatnonzero(usable & (label == c))
+        if own.size:
+            win = _bins_in(t_s, cl.window_s)
+            own_rate = rates[own][:, win][:, :, units].mean(axis=(0, 1))
+            ctrl_rate = rates[ctrl][:, win][:, :, units].mean(axis=(0, 1))
+            keep &= ~(own_rate > 2 * np.maximum(ctrl_rate, 1e-9))
+    n_candidates = units.size
     units, pref = units[keep], np.sign(diff[keep])
-    if units.size == 0:
-        return None
+    if units.size < MIN_NEURONS:
+        return dataclasses.replace(empty, control_trials=[int(i) for i in test_half], why=(
+            f"needs ≥ {MIN_NEURONS} delay-selective neurons for a bootstrap over neurons (has {units.size} of "
+            f"{count(n_candidates, 'unit')}: Welch p < 0.05 and |Δ| > {SELECTIVE_MIN_HZ} spikes/s on "
+            f"{count(int(fit_half.size), 'control trial')})"))
     per_neuron: dict[str, FloatArray] = {}
     n_trials: dict[str, int] = {}
-    for c in CONDITIONS:
-        idx = test_half if c == "control" else np.flatnonzero(usable & (cond == c))
+    skipped: dict[str, str] = {}
+    for c in labels:
+        idx = test_half if c in controls else np.flatnonzero(usable & (label == c))
         ins = instructed[idx]
         n_trials[c] = int(idx.size)
-        if (ins > 0).sum() < 2 or (ins < 0).sum() < 2:
+        nl, nr = int((ins < 0).sum()), int((ins > 0).sum())
+        need = MIN_PER_SIDE
+        if min(nl, nr) < need:
+            skipped[c] = needs_trials(need, nl, nr)
             continue
         s = neural.selectivity(rates[idx][:, :, units], ins)  # (n_bins, n_units), right − left
         per_neuron[c] = s * pref[None, :]
     per_condition = {c: v.mean(axis=1) for c, v in per_neuron.items()}
-    boot = rng.integers(0, units.size, size=(N_BOOT, units.size))
-    ci = {
-        c: (
-            np.percentile(v[:, boot].mean(axis=2), 2.5, axis=1),
-            np.percentile(v[:, boot].mean(axis=2), 97.5, axis=1),
-        )
-        for c, v in per_neuron.items()
-    }
-    m, m_ci, t90 = math.nan, (math.nan, math.nan), None
-    if "control" in per_neuron and other in per_neuron:
-        m = neural.modularity(per_condition[other], per_condition["control"], t_s)
-        w_other = per_neuron[other][pi_win].mean(axis=0)
-        w_ctrl = per_neuron["control"][pi_win].mean(axis=0)
-        mb = w_other[boot].mean(axis=1) / w_ctrl[boot].mean(axis=1)
-        m_ci = (float(np.percentile(mb, 2.5)), float(np.percentile(mb, 97.5)))
-    if "control" in per_neuron and h in per_neuron:
-        t90 = neural.t90_recovery_s(
-            per_condition[h], per_condition["control"], t_s, t_light_end_s=neural.PI_WINDOW_S[1]
-        )
-    return Selectivity(
-        [int(u) for u in units],
-        [int(x) for x in pref],
-        [int(i) for i in test_half],
-        per_condition,
-        ci,
-        float(m),
-        m_ci,
-        t90,
-        n_trials,
-    )
+    ci = {c: stats.bootstrap_ci(v.T, rng=rng) for c, v in per_neuron.items()}
+    ctrl_name = next((c for c in controls if c in per_neuron), None)
+    modularity: dict[str, Modularity] = {}
+    recovery: dict[str, Recovery] = {}
+    for c in labels:
+        cl = data.conditions[c]
+        if cl.hemisphere == other:
+            modularity[c] = _modularity(c, other, cl, per_neuron, ctrl_name, skipped, t_s, n_trials, rng)
+        elif cl.hemisphere == h:
+            recovery[c] = _recovery(c, cl, per_condition, ctrl_name, skipped, t_s)
+    return Selectivity(h, [int(u) for u in units], [int(x) for x in pref], [int(i) for i in test_half],
+                       per_condition, ci, n_trials, modularity, recovery, skipped)
 
 
-# -- figures -----------------------------------------------------------------------------------
+def _modularity(c: str, silenced: str, cl: ConditionLight, per_neuron: dict[str, FloatArray],
+                ctrl_name: str | None, skipped: dict[str, str], t_s: FloatArray, n_trials: dict[str, int],
+                rng: np.random.Generator) -> Modularity:
+    """M over the condition's own light window, with its 95 % bootstrap CI over neurons."""
+    m = Modularity(c, silenced, cl.window_s, cl.window_source, n_trials=n_trials.get(c, 0))
+    if cl.window_s is None:
+        m.why = "no light window: neither the protocol nor any delivered light command gives one"
+    elif not _bins_in(t_s, cl.window_s).any():
+        m.why = (f"light window {cl.window_s[0]:+.2f}…{cl.window_s[1]:+.2f} s holds no whole "
+                 f"{BIN_S * 1e3:.0f}-ms analysis bin")
+    elif c in skipped:
+        m.why = skipped[c]
+    elif ctrl_name is None:
+        m.why = "no control selectivity"
+    if m.why:
+        return m
+    assert cl.window_s is not None and ctrl_name is not None
+    win = _bins_in(t_s, cl.window_s)
+    w_c, w_ctrl = per_neuron[c][win].mean(axis=0), per_neuron[ctrl_name][win].mean(axis=0)
+    if w_ctrl.mean() <= 0:
+        m.why = (f"control selectivity over {cl.window_s[0]:+.2f}…{cl.window_s[1]:+.2f} s is "
+                 f"{w_ctrl.mean():.2f} spikes/s (≤ 0): M is undefined")
+        return m
+    t_mid = t_s  # M = mean selectivity in the window under light / control (analysis.neural.modularity)
+    m.value = neural.modularity(per_neuron[c].mean(axis=1), per_neuron[ctrl_name].mean(axis=1), t_mid, cl.window_s)
+    if w_c.size >= 2:
+        lo, hi = stats.bootstrap_ci((w_c, w_ctrl), _ratio_of_means, rng=rng)
+        m.ci = (float(lo), float(hi))
+    return m
 
 
-def _light_window(data: ReportData) -> tuple[float, float] | None:
-    lit = [t for t in data.trials if t.condition in ("left", "right", "bilateral") and t.onset_s is not None]
-    if not lit:
-        return None
-    on = float(np.median([t.onset_s for t in lit if t.onset_s is not None]))
-    return on, on + float(np.median([t.duration_s for t in lit]))
+def _ratio_of_means(a: FloatArray, b: FloatArray, axis: int = 0) -> FloatArray:
+    return np.asarray(np.mean(a, axis=axis) / np.mean(b, axis=axis), dtype=np.float64)
 
 
-def _shade(ax: Any, data: ReportData) -> None:
-    for a, b, colour in ((-3.0, -1.7, "#4285f4"), (-1.7, 0.0, "#fbbc05")):
-        ax.axvspan(a, b, color=colour, alpha=0.06, lw=0)
-    w = _light_window(data)
-    if w is not None:
-        ax.axvspan(w[0], w[1], color="#00aaff", alpha=0.18, lw=0, label="light")
-    ax.axvline(0.0, color="#888", lw=0.8, ls=":")
-    ax.set_xlabel("time from go cue (s)")
+def _recovery(c: str, cl: ConditionLight, per_condition: dict[str, FloatArray], ctrl_name: str | None,
+              skipped: dict[str, str], t_s: FloatArray) -> Recovery:
+    """t90 of the silenced hemisphere after the condition's own light end."""
+    end = cl.window_s[1] if cl.window_s is not None else None
+    r = Recovery(c, end)
+    if end is None:
+        r.why = "no light window: neither the protocol nor any delivered light command gives one"
+    elif end > -BIN_S / 2:
+        r.why = (f"the light ends at {end:+.2f} s, at the go cue: no delay is left after it to recover in "
+                 f"(t90 needs ≥ {BIN_S:g} s of delay after the light)")
+    elif c in skipped:
+        r.why = skipped[c]
+    elif ctrl_name is None:
+        r.why = "no control selectivity"
+    else:
+        r.t90_s = neural.t90_recovery_s(per_condition[c], per_condition[ctrl_name], t_s, t_light_end_s=end)
+    return r
 
 
-def _save(fig: Any, path: Path) -> str:
-    fig.savefig(path, dpi=FIG_DPI, format="png")  # Figure without pyplot: Agg, no global state
-    return path.name
-
-
-def _no_data(path: Path, title: str, why: str) -> str:
-    fig = Figure(figsize=FIG_SIZE_IN)
-    fig.text(0.5, 0.55, title, ha="center", fontsize=13)
-    fig.text(0.5, 0.42, why, ha="center", fontsize=10, color="#666", wrap=True)
-    return _save(fig, path)
-
-
-def figure_performance(res: dict[str, Any], path: Path) -> str:
-    """Fraction correct per condition with Wilson 95 % intervals."""
-    perf: dict[str, neural.Performance] = res["performance"]
-    conds = [c for c in (*CONDITIONS, NOT_DELIVERED) if c in perf]
-    if not conds:
-        return _no_data(path, "Performance per condition", "no completed trials")
-    fig = Figure(figsize=FIG_SIZE_IN)
-    ax = fig.subplots()
-    for i, c in enumerate(conds):
-        p = perf[c]
-        ax.bar(i, p.fraction, color=COLOURS.get(c, "#999"), alpha=0.8)
-        ax.errorbar(
-            i, p.fraction, yerr=[[p.fraction - p.ci_low], [p.ci_high - p.fraction]], color="k", capsize=5
-        )
-        ax.text(i, 0.03, f"n={p.n}", ha="center", color="white", fontsize=9)
-        for side, dx, mk in (("right", 0.18, ">"), ("left", -0.18, "<")):
-            q = perf.get(f"{c}/{side}")
-            if q is not None and q.n:
-                ax.plot(i + dx, q.fraction, mk, color="k", ms=6)
-    ax.axhline(0.5, color="#888", ls="--", lw=1)
-    ax.set_xticks(range(len(conds)), conds)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction correct")
-    ax.set_title("Performance per condition (bars: Wilson 95 % CI; ◀ ▶ lick-left / lick-right trials)")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure_cd(res: dict[str, Any], data: ReportData, path: Path) -> str:
-    """Mean CD projection (p − db) per hemisphere, condition and instructed side."""
-    if not res["cd"]:
-        return _no_data(path, "CD projections", "too few control trials to fit a coding direction")
-    t_s = res["t_s"]
-    fig = Figure(figsize=FIG_SIZE_IN)
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, h in zip(axes, ("left", "right"), strict=True):
-        _shade(ax, data)
-        for c, sides in res["cd"].get(h, {}).items():
-            for side, trace in sides.items():
-                ax.plot(
-                    t_s,
-                    trace,
-                    color=COLOURS[c],
-                    ls="-" if side > 0 else "--",
-                    lw=1.4,
-                    label=f"{c} ({'R' if side > 0 else 'L'})",
-                )
-        ax.axhline(0, color="#555", lw=0.8, ls="--")
-        ax.set_title(f"{h} ALM: CD projection − boundary")
-    axes[0].set_ylabel("p(t) − db (a.u.)")
-    axes[1].legend(fontsize=7, ncol=2, loc="upper left")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure_selectivity(res: dict[str, Any], data: ReportData, path: Path) -> str:
-    """Draw the selectivity of delay-selective neurons per condition, with bootstrap CIs."""
-    sel: dict[str, Selectivity | None] = res["selectivity"]
-    if not any(sel.values()):
-        return _no_data(path, "Selectivity", "no delay-selective neurons or too few control trials")
-    t_s = res["t_s"]
-    fig = Figure(figsize=FIG_SIZE_IN)
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, h in zip(axes, ("left", "right"), strict=True):
-        _shade(ax, data)
-        s = sel[h]
-        if s is None:
-            ax.set_title(f"{h} ALM: no delay-selective neurons")
-            continue
-        for c, trace in s.per_condition.items():
-            label = {
-                "control": "control",
-                h: f"{h} PI (this side)",
-                OTHER[h]: f"{OTHER[h]} PI (other side)",
-                "bilateral": "bilateral PI",
-            }[c]
-            ax.plot(t_s, trace, color=COLOURS[c], lw=1.5, label=label)
-            lo, hi = s.ci[c]
-            ax.fill_between(t_s, lo, hi, color=COLOURS[c], alpha=0.15, lw=0)
-        t90 = "no full recovery" if s.t90_s is None else f"t90 {s.t90_s:.2f} s"
-        ax.set_title(
-            f"{h} ALM ({count(len(s.units), 'neuron')}): M = {s.modularity:.2f} "
-            f"[{s.modularity_ci[0]:.2f}, {s.modularity_ci[1]:.2f}], {t90}",
-            fontsize=9,
-        )
-        ax.axhline(0, color="#555", lw=0.8)
-    axes[0].set_ylabel("selectivity (spikes/s, pref − non-pref)")
-    axes[1].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure_modularity(res: dict[str, Any], path: Path) -> str:
-    """Modularity of each hemisphere with its bootstrap CI."""
-    sel: dict[str, Selectivity | None] = res["selectivity"]
-    fig = Figure(figsize=FIG_SIZE_IN)
-    ax = fig.subplots()
-    for i, h in enumerate(("left", "right")):
-        s = sel[h]
-        if s is None or not math.isfinite(s.modularity):
-            ax.text(i, 0.5, "n/a", ha="center")
-            continue
-        ax.bar(i, s.modularity, color=COLOURS[h], alpha=0.8)
-        ax.errorbar(
-            i,
-            s.modularity,
-            yerr=[[s.modularity - s.modularity_ci[0]], [s.modularity_ci[1] - s.modularity]],
-            color="k",
-            capsize=6,
-        )
-    ax.axhline(1.0, color="#888", ls="--", lw=1)
-    ax.set_xticks([0, 1], ["left ALM (right silenced)", "right ALM (left silenced)"])
-    ax.set_ylabel("modularity M")
-    ax.set_title("Modularity: selectivity during other-side PI / control, −1.7…−0.9 s (95 % bootstrap CI)")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure_decoder(res: dict[str, Any], data: ReportData, path: Path) -> str:
-    """Online decoder accuracy (sign of the decoded value vs the mouse's choice) over the trial."""
-    acc = res["decoder_accuracy"]
-    if not acc:
-        return _no_data(path, "Decoder accuracy", "no decoder outputs recorded")
-    t_s = res["t_s"]
-    fig = Figure(figsize=FIG_SIZE_IN)
-    ax = fig.subplots()
-    _shade(ax, data)
-    for c, (a, lo, hi, n) in acc.items():
-        ax.plot(t_s, a, color=COLOURS[c], lw=1.5, label=f"{c} (n={n})")
-        ax.fill_between(t_s, lo, hi, color=COLOURS[c], alpha=0.12, lw=0)
-    ax.axhline(0.5, color="#888", ls="--", lw=1)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("decoded choice = actual choice")
-    ax.set_title("Online decoder accuracy over the trial (after the decoder's first fit; Wilson 95 % CI)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+# -- light and latency ----------------------------------------------------------------------------
 
 
 def light_dose(data: ReportData) -> dict[str, Any]:
@@ -850,38 +905,6 @@ def light_dose(data: ReportData) -> dict[str, Any]:
     }
 
 
-def figure_light(dose: dict[str, Any], data: ReportData, path: Path) -> str:
-    """Light dose per trial and hemisphere against the interlock limits."""
-    fig = Figure(figsize=FIG_SIZE_IN)
-    axes = fig.subplots(1, 3)
-    tr = dose["trial"]
-    lit = dose["power_mw"] > 0
-    axes[0].plot(tr[lit], dose["power_mw"][lit], "o", ms=3, color="#00aaff")
-    axes[0].axhline(dose["max_power_mw"], color="#b3261e", lw=1.5, label="cap")
-    axes[0].set_title("power per spot (mW)", fontsize=9)
-    axes[1].plot(tr[lit], dose["duration_s"][lit], "o", ms=3, color="#00aaff")
-    axes[1].axhline(dose["max_continuous_s"], color="#b3261e", lw=1.5, label="cap")
-    axes[1].set_title("light per trial (s)", fontsize=9)
-    for j, (h, c) in enumerate((("left", COLOURS["left"]), ("right", COLOURS["right"]))):
-        axes[2].plot(tr, dose["rolling_j"][:, j], color=c, lw=1.2, label=f"{h} (rolling)")
-        e = dose["energy_j"][:, j]
-        axes[2].plot(tr[e > 0], e[e > 0], ".", color=c, ms=3)
-    axes[2].axhline(dose["energy_budget_j"], color="#b3261e", lw=1.5, label="budget")
-    axes[2].set_title(f"energy per hemisphere (J; rolling {dose['energy_window_s']:.0f} s)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("trial")
-        ax.set_ylim(bottom=0)
-    axes[2].legend(fontsize=7)
-    fig.suptitle(
-        f"Light dose vs interlock limits ({data.limits_source}); perturbed "
-        f"{dose['fraction_perturbed']:.1%} of trials (max {dose['max_fraction_perturbed']:.0%}); "
-        f"{count(int(dose['refused_trials']), 'trial')} with refusals",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def latency_summary(data: ReportData) -> dict[str, Any]:
     """p50/p99/max and deadline misses of the internal and end-to-end latencies (µs)."""
     out: dict[str, Any] = {"deadline_us": data.deadline_us}
@@ -901,85 +924,50 @@ def latency_summary(data: ReportData) -> dict[str, Any]:
     return out
 
 
-def figure_latency(lat: dict[str, Any], data: ReportData, path: Path) -> str:
-    """Histogram of loop latencies on a log axis with p50/p99 and the deadline."""
-    if data.internal_us.size == 0 and data.e2e_us.size == 0:
-        return _no_data(path, "Loop latency", "no telemetry in this recording")
-    fig = Figure(figsize=FIG_SIZE_IN)
-    ax = fig.subplots()
-    edges = np.logspace(0, 6, 121)
-    for k, raw, c in (("internal", data.internal_us, "#1a73e8"), ("e2e", data.e2e_us, "#d93025")):
-        v = raw[np.isfinite(raw) & (raw > 0)]
-        if not v.size:
-            continue
-        s = lat[k]
-        ax.hist(
-            np.clip(v, edges[0], edges[-1]),
-            bins=list(edges),
-            color=c,
-            alpha=0.5,
-            label=f"{k}: n={s['n']}, p50 {s['p50']:.0f} µs, p99 {s['p99']:.0f} µs, "
-            f"misses {s['deadline_misses']}",
-        )
-        ax.axvline(s["p50"], color=c, lw=1)
-        ax.axvline(s["p99"], color=c, lw=1, ls="--")
-    ax.axvline(data.deadline_us, color="#b3261e", lw=2, label=f"deadline {data.deadline_us / 1e3:g} ms")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("latency (µs)")
-    ax.set_ylabel("loops")
-    ax.set_title("Loop latency: internal (frame in → command out) and end to end (rig send → rig receive)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+# -- report.json and the page ----------------------------------------------------------------------
 
 
-# -- the page ------------------------------------------------------------------------------------
-
-
-def _num(x: float | None, fmt: str = ".3f") -> str:
-    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
-
-
-def summary_numbers(
-    data: ReportData, res: dict[str, Any], dose: dict[str, Any], lat: dict[str, Any]
-) -> dict[str, Any]:
-    """Collect the numbers of the report for report.json."""
-    sel: dict[str, Selectivity | None] = res["selectivity"]
+def summary_numbers(data: ReportData, res: Analysis, dose: dict[str, Any], lat: dict[str, Any]) -> dict[str, Any]:
+    """Collect the numbers of the report for report.json (docs/report.md lists the fields)."""
+    completed = {c: sum(1 for t in data.trials if t.label == c and t.completed) for c in data.conditions}
     return {
         "session": data.name,
         "source": data.source,
-        "n_trials": res["n_trials"],
-        "n_complete_trials_with_counts": res["n_complete"],
-        "conditions": res["conditions"],
-        "performance": {
-            c: {
-                "n": p.n,
-                "correct": p.correct,
-                "fraction": p.fraction,
-                "ci_low": p.ci_low,
-                "ci_high": p.ci_high,
-            }
-            for c, p in res["performance"].items()
-        },
-        "modularity": {
-            h: None
-            if s is None
-            else {
-                "M": s.modularity,
-                "ci_low": s.modularity_ci[0],
-                "ci_high": s.modularity_ci[1],
-                "t90_s": s.t90_s,
-                "units": s.units,
-                "pref": s.pref,
-                "control_trials": s.control_trials,
-                "n_trials": s.n_trials,
-            }
-            for h, s in sel.items()
-        },
+        "n_trials": res.n_trials,
+        "n_complete_trials_with_counts": res.n_complete,
+        "control": res.control,
+        "conditions": {c: {**cl.as_json(), "n_completed": completed[c]} for c, cl in data.conditions.items()},
+        "light_bands_s": {c: list(w) for c, w in light_bands(data.conditions).items()},
+        "not_delivered": sum(1 for t in data.trials if t.label == NOT_DELIVERED),
+        "performance": {c: {"n": p.n, "correct": p.correct, "fraction": p.fraction, "ci_low": p.ci_low,
+                            "ci_high": p.ci_high} for c, p in res.performance.items()},
+        "versus_control": res.versus_control,
+        "modularity": {h: {
+            "units": s.units,
+            "pref": s.pref,
+            "control_trials": s.control_trials,
+            "n_trials": s.n_trials,
+            "why": s.why,
+            "by_condition": {c: {"M": m.value, "ci_low": m.ci[0] if m.ci else None,
+                                 "ci_high": m.ci[1] if m.ci else None, "silenced": m.silenced,
+                                 "window_s": list(m.window_s) if m.window_s else None,
+                                 "window_source": m.window_source, "n_trials": m.n_trials, "why": m.why}
+                             for c, m in s.modularity.items()},
+            "recovery": {c: {"t90_s": r.t90_s, "light_end_s": r.light_end_s, "why": r.why}
+                         for c, r in s.recovery.items()},
+            "selectivity_skipped": s.skipped,
+        } for h, s in res.selectivity.items()},
+        "cd": {h: {"why": tr.why, "traces": {c: {("right" if side > 0 else "left"): v[3] for side, v in sides.items()}
+                                             for c, sides in tr.traces.items()}, "skipped": tr.skipped}
+               for h, tr in res.cd.items()},
+        "decoder": {"n_trials": {c: v[3] for c, v in res.decoder_accuracy.items()}, "skipped": res.decoder_skipped},
+        "unavailable": [dataclasses.asdict(u) for u in res.unavailable],
+        "minimum_trials": {"per_instructed_side": MIN_PER_SIDE, "control_per_instructed_side": 2 * MIN_PER_SIDE,
+                           "decoder_per_condition": MIN_DECODER_TRIALS,
+                           "delay_selective_neurons": MIN_NEURONS},
         "light": {k: v for k, v in dose.items() if not isinstance(v, np.ndarray)},
         "latency_us": lat,
-        "protocol": {k: data.protocol.get(k) for k in ("name", "sha256")},
+        "protocol": {k: data.protocol.get(k) for k in ("name", "sha256", "source")},
         "notes": data.notes,
         "generated": dt.datetime.now(dt.UTC).isoformat(),
     }
@@ -996,111 +984,6 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, np.integer):
         return int(o)
     return o
-
-
-def _html(data: ReportData, nums: dict[str, Any], figs: dict[str, str]) -> str:
-    e = html.escape
-    perf_rows = "".join(
-        f"<tr><td>{e(c)}</td><td>{p['n']}</td><td>{p['correct']}</td><td>{_num(p['fraction'])}</td>"
-        f"<td>[{_num(p['ci_low'])}, {_num(p['ci_high'])}]</td></tr>"
-        for c, p in nums["performance"].items()
-    )
-    mod_cells = []
-    for h, m in nums["modularity"].items():
-        if m is None:
-            mod_cells.append(
-                f"<tr><td>{h} ALM</td><td colspan=4>n/a (too few trials or no delay-selective "
-                "neurons)</td></tr>"
-            )
-            continue
-        t90 = "no full recovery" if m["t90_s"] is None else _num(m["t90_s"], ".2f")
-        mod_cells.append(
-            f"<tr><td>{h} ALM</td><td>{_num(m['M'])}</td><td>[{_num(m['ci_low'])}, "
-            f"{_num(m['ci_high'])}]</td><td>{len(m['units'])}</td><td>{t90}</td></tr>"
-        )
-    mod_rows = "".join(mod_cells)
-    lat = nums["latency_us"]
-    lat_rows = "".join(
-        f"<tr><td>{k}</td><td>{v.get('n', 0)}</td><td>{_num(v.get('p50'), '.0f')}</td>"
-        f"<td>{_num(v.get('p99'), '.0f')}</td><td>{_num(v.get('max'), '.0f')}</td>"
-        f"<td>{v.get('deadline_misses', '–')}</td></tr>"
-        for k, v in lat.items()
-        if isinstance(v, dict)
-    )
-    refusals = [a for a in data.alarms if a.get("alarm") == "light_refused"]
-    alarm_rows = "".join(
-        f"<li class='{'refusal' if a.get('alarm') == 'light_refused' else ''}'>"
-        f"{e(str(a.get('alarm') or a.get('source') or 'alarm'))}: "
-        f"{e(str(a.get('reason') or a.get('message') or ''))}</li>"
-        for a in data.alarms[:50]
-    )
-    meta_rows = "".join(
-        f"<tr><td>{e(str(k))}</td><td>{e(json.dumps(v, default=str))}</td></tr>"
-        for k, v in data.meta.items()
-        if k not in ("versions", "counters")
-    )
-    counters = data.meta.get("counters") or {}
-    drops = {k: v for k, v in counters.items() if any(w in k for w in ("drop", "late", "missing", "lost"))}
-    captions = {
-        "performance": "Fraction correct of completed trials (lick after the go cue, no early lick) per "
-        "light "
-        "condition actually delivered; Wilson 95 % CIs (analysis.neural.performance_by_condition).",
-        "cd": "Coding direction per hemisphere fitted on control correct trials (delay mean, class-mean difference; "
-        "analysis.neural.fit_coding_direction), projected on every completed trial; solid: instructed right, "
-        "dashed: instructed left. Blue band: light window.",
-        "selectivity": "Selectivity (preferred − non-preferred rate) of delay-selective neurons; "
-        "preferred side "
-        "and selection on one half of the control trials, control selectivity on the other half; "
-        "all completed trials by instructed side. Bands: 95 % bootstrap over neurons "
-        f"({N_BOOT} resamples). t90: recovery of the silenced hemisphere after light offset.",
-        "modularity": "M = selectivity during photoinhibition of the other hemisphere / control, over "
-        "−1.7…−0.9 s (Chen et al., Cell 2021; analysis.neural.modularity); 95 % bootstrap CI over neurons.",
-        "decoder": "The online decoder's sign vs the mouse's choice, per 100-ms bin, completed trials.",
-        "light": "Commanded light per trial against the interlock limits.",
-        "latency": "Internal: frame received → command sent (rigd clock). End to end: rig send → command "
-        "received at the rig (rig clock, from acknowledgements).",
-    }
-    fig_html = "".join(
-        f"<figure><img src='{e(f)}' width='900' height='450' alt='{e(k)}'>"
-        f"<figcaption>{e(captions.get(k, ''))}</figcaption></figure>"
-        for k, f in figs.items()
-    )
-    notes = "".join(f"<li>{e(n)}</li>" for n in data.notes)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>rigd report — {e(data.name)}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px auto; max-width: 960px; color: #1d2329; }}
-table {{ border-collapse: collapse; margin: 8px 0 16px; }}
-td, th {{ border-bottom: 1px solid #ddd; padding: 3px 10px; }}
-figure {{ margin: 18px 0; }} figcaption {{ color: #555; font-size: 12px; max-width: 900px; }}
-pre {{ background: #f6f7f9; padding: 10px; overflow-x: auto; font-size: 12px; }}
-li.refusal {{ color: #b3261e; font-weight: 600; }} code {{ font-size: 12px; }}
-</style></head><body>
-<h1>Session report: {e(data.name)}</h1>
-<p>Source: {e(data.source)} · {count(int(nums["n_trials"]), "trial")}
-({nums["n_complete_trials_with_counts"]} completed with spike counts) ·
-conditions {e(json.dumps(nums["conditions"]))}</p>
-{f"<ul class='notes'>{notes}</ul>" if notes else ""}
-<h2>Performance per condition</h2>
-<table><tr><th>condition</th><th>n</th><th>correct</th><th>fraction</th>
-<th>95 % CI</th></tr>{perf_rows}</table>
-<h2>Modularity and recovery</h2>
-<table><tr><th>hemisphere</th><th>M</th><th>95 % CI</th><th>neurons</th>
-<th>t90 (s)</th></tr>{mod_rows}</table>
-<h2>Figures</h2>{fig_html}
-<h2>Latency (µs)</h2>
-<table><tr><th></th><th>n</th><th>p50</th><th>p99</th><th>max</th>
-<th>deadline misses</th></tr>{lat_rows}</table>
-<h2>Alarms ({len(data.alarms)}; interlock refusals {len(refusals)})</h2>
-<ul>{alarm_rows}</ul>
-<h2>Drop counters</h2><pre>{e(json.dumps(drops, indent=1))}</pre>
-<h2>Protocol</h2>
-<p>{e(str(data.protocol.get("name")))} · sha256 <code>{e(str(data.protocol.get("sha256")))}</code></p>
-<pre>{e(str(data.protocol.get("text") or "(no protocol text recorded)"))}</pre>
-<h2>Session</h2><table>{meta_rows}</table>
-<p style="color:#888">generated by rigd report {e(nums["generated"])}</p>
-</body></html>
-"""
 
 
 def write_report(
@@ -1125,16 +1008,17 @@ def write_report(
     else:
         raise FileNotFoundError(f"{src}: not a rigd session directory nor an .nwb file")
     out.mkdir(parents=True, exist_ok=True)
+    data.finish()
     res = analyse(data, steps)
     dose = light_dose(data)
     lat = latency_summary(data)
     steps.start("drawing figures", 7)
     figs: dict[str, str] = {}
     drawers: list[tuple[str, Callable[[Path], str]]] = [
-        ("performance", lambda p: figure_performance(res, p)),
+        ("performance", lambda p: figure_performance(res, data, p)),
         ("cd", lambda p: figure_cd(res, data, p)),
         ("selectivity", lambda p: figure_selectivity(res, data, p)),
-        ("modularity", lambda p: figure_modularity(res, p)),
+        ("modularity", lambda p: figure_modularity(res, data, p)),
         ("decoder", lambda p: figure_decoder(res, data, p)),
         ("light", lambda p: figure_light(dose, data, p)),
         ("latency", lambda p: figure_latency(lat, data, p)),
@@ -1145,6 +1029,6 @@ def write_report(
     nums = summary_numbers(data, res, dose, lat)
     nums["figures"] = figs
     (out / "report.json").write_text(json.dumps(_jsonable(nums), indent=1, allow_nan=False))
-    page = out / "report.html"
-    page.write_text(_html(data, nums, figs), encoding="utf-8")
-    return page
+    html_path = out / "report.html"
+    html_path.write_text(page(data, nums, figs), encoding="utf-8")
+    return html_path

@@ -41,6 +41,26 @@ def canonical_condition(name: str | None) -> str:
     return "control" if s in ("control", "none", "", "ctrl") else s
 
 
+def trial_label(protocol_label: str | None, delivered: str) -> str:
+    """The name a finished trial is analysed under: the protocol's own condition, or ``not_delivered``.
+
+    Two conditions that light the same hemisphere at different times (``right_early``,
+    ``right_late``) keep their names, so no analysis merges them; a trial whose planned light never
+    reached the animal is ``not_delivered`` (this module's rule).
+
+    Args:
+        protocol_label: the condition the protocol drew for the trial (a trial summary's
+            ``condition``, NWB ``photostim_condition``); None for a trial without a draw.
+        delivered: the trial's :func:`delivered_condition`.
+    """
+    if delivered == NOT_DELIVERED:
+        return NOT_DELIVERED
+    label = str(protocol_label or "").strip()
+    if delivered == "control":
+        return label if label and label.lower() not in ("none", "null") else "control"
+    return label or delivered
+
+
 def light_delivered(status: str | None) -> bool:
     """Whether a light command with this last status reached the animal (acknowledged APPLIED)."""
     return status == DELIVERED_STATUS

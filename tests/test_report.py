@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analysis import neural
+from analysis import neural, stats
 from analysis.report import BIN_S, WINDOW_S, bin_by_trial, load_session, write_report
 from rig import wire
 from rig.conditions import canonical_condition
@@ -261,7 +261,9 @@ def test_report_numbers_match_the_analysis_helpers(
     # performance: analysis.neural on the session's own trial summaries (completed trials, delivered light)
     s = Session.open(d)
     trials = s.trials()
-    cond = np.array(
+    # conditions as the protocol names them (left_alm, right_alm, …), never merged by hemisphere
+    cond = np.array([str(t["condition"]) for t in trials])
+    hemi = np.array(
         [canonical_condition(t["light"]["hemisphere"] if t["light"] else t["condition"]) for t in trials]
     )
     correct = np.array([t["outcome"] == "hit" for t in trials])
@@ -274,6 +276,15 @@ def test_report_numbers_match_the_analysis_helpers(
         assert got["fraction"] == pytest.approx(p.fraction, abs=1e-12)
         assert (got["ci_low"], got["ci_high"]) == pytest.approx((p.ci_low, p.ci_high), abs=1e-12)
     # and the session's performance is the generator's ground truth
+    assert set(nums["conditions"]) == {"control", "left_alm", "right_alm", "bilateral_alm"}
+    for c in ("left_alm", "right_alm", "bilateral_alm"):  # the light window where the light was (−1.7…−0.9 s)
+        assert nums["conditions"][c]["light_window_s"] == pytest.approx([-1.7, -0.9], abs=FRAME_S)
+        ref = nums["performance"]["control"]
+        got, p = nums["versus_control"][c], nums["performance"][c]
+        cmp = stats.compare_proportions(p["correct"], p["n"], ref["correct"], ref["n"])
+        assert (got["delta"], got["ci_low"], got["ci_high"], got["p_fisher"]) == pytest.approx(
+            (cmp.delta, cmp.ci_low, cmp.ci_high, cmp.p_fisher), rel=1e-12)
+        assert got["ci_low"] <= got["delta"] <= got["ci_high"] and 0 <= got["p_fisher"] <= 1
     assert nums["performance"]["control"]["correct"] == sum(
         t["correct"] for t in truth["trials"] if t["condition"] == "control"
     )
@@ -286,24 +297,29 @@ def test_report_numbers_match_the_analysis_helpers(
     first_go = round(go[0] * NS) + int(t_rig[0])
     in_trial0 = (t_rig > first_go + int(WINDOW_S[0] * NS)) & (t_rig <= first_go + int(WINDOW_S[1] * NS))
     assert binned[0].sum() == raw[in_trial0].astype(np.int64).sum()  # every spike of the trial, once
-    t_s = WINDOW_S[0] + BIN_S * (np.arange(binned.shape[1]) + 0.5)
+    t_s = (WINDOW_S[0] + BIN_S * (np.arange(binned.shape[1]) + 0.5)).astype(np.float64)
     rates = binned / BIN_S
     for h, other in (("left", "right"), ("right", "left")):
-        m = nums["modularity"][h]
-        assert m is not None, f"no modularity for {h}"
-        units = np.array(m["units"])
+        hm = nums["modularity"][h]
+        assert hm["why"] is None, f"no modularity for {h}: {hm['why']}"
+        assert set(hm["by_condition"]) == {f"{other}_alm"}  # the one condition lighting the other side alone
+        m = hm["by_condition"][f"{other}_alm"]
+        units = np.array(hm["units"])
         assert units.size >= 3
-        pref = np.array(m["pref"], dtype=np.float64)
-        ctrl = np.array(m["control_trials"])
+        pref = np.array(hm["pref"], dtype=np.float64)
+        ctrl = np.array(hm["control_trials"])
         assert set(ctrl) < set(np.flatnonzero(cond == "control"))
-        oth = np.flatnonzero(cond == other)
+        oth = np.flatnonzero(hemi == other)
         sel_c = (neural.selectivity(rates[ctrl][:, :, units], instructed[ctrl]) * pref).mean(axis=1)
         sel_o = (neural.selectivity(rates[oth][:, :, units], instructed[oth]) * pref).mean(axis=1)
-        assert m["M"] == pytest.approx(neural.modularity(sel_o, sel_c, t_s), rel=1e-12)
+        assert m["window_s"] == pytest.approx([-1.7, -0.9], abs=FRAME_S)
+        assert m["M"] == pytest.approx(neural.modularity(sel_o, sel_c, t_s, tuple(m["window_s"])), rel=1e-12)
+        assert m["M"] == pytest.approx(neural.modularity(sel_o, sel_c, t_s), rel=1e-12)  # Chen 2021's window
         assert m["ci_low"] <= m["M"] <= m["ci_high"]
         # the mouse is modular (μ = 0.6 → M ≈ 0.89 on the latent, docs/simulator.md); a spike-based estimate from
         # ~40 units and 48 trials per condition is noisy, so only "clearly modular" is asserted
         assert m["M"] > 0.4
+        assert set(hm["recovery"]) == {f"{h}_alm"} and hm["recovery"][f"{h}_alm"]["why"] is None
     # figures exist, are PNGs of the expected size, and are not blank
     for name in ("performance", "cd", "selectivity", "modularity", "decoder", "light", "latency"):
         png = tmp_path / "out" / f"{name}.png"
@@ -337,9 +353,12 @@ def test_report_on_the_exported_nwb_file_gives_the_same_numbers(
     from_nwb = json.loads((page.parent / "report.json").read_text())
     assert from_nwb["source"] == "nwb"
     assert from_nwb["performance"] == direct["performance"]
-    for h in ("left", "right"):  # same spikes, same trials, same seed → the same neurons and M
+    assert from_nwb["conditions"].keys() == direct["conditions"].keys()
+    for h, other in (("left", "right"), ("right", "left")):  # same spikes, trials and seed → same neurons and M
         assert from_nwb["modularity"][h]["units"] == direct["modularity"][h]["units"]
-        assert from_nwb["modularity"][h]["M"] == pytest.approx(direct["modularity"][h]["M"], rel=1e-9)
+        m_nwb, m_dir = (d["modularity"][h]["by_condition"][f"{other}_alm"] for d in (from_nwb, direct))
+        assert m_nwb["M"] == pytest.approx(m_dir["M"], rel=1e-9)
+        assert m_nwb["window_s"] == pytest.approx(m_dir["window_s"], abs=1e-6)
     # rigd's NWB export carries go_cue_time, so no go-cue assumption is needed (or stated)
     assert not any("no go_cue_time column" in n for n in from_nwb["notes"])
     for name in ("performance", "selectivity", "latency"):
