@@ -15,19 +15,20 @@ It reads text and files only; it never talks to a light source (the interlock al
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controllers.base import Controller
 from controllers.policies import LightSettings, ModularityProbe, StateTriggered, ThresholdTrigger
-from controllers.schedulers import BlockScheduler, Condition, Constraints, LightWindow, block_counts
+from controllers.schedulers import BlockScheduler, Condition, Constraints, LightWindow
 from hardware.calibration import SafetyLimits, default_limits
 
 # Physical sanity bounds (the interlock's limits are checked separately, with their own message).
@@ -154,16 +155,6 @@ class ProtocolSpec(_Model):
     @model_validator(mode="after")
     def _kind_sections(self) -> ProtocolSpec:
         kind = self.protocol.kind
-        if kind == "block":
-            if not self.conditions:
-                raise ValueError("a block protocol needs [[conditions]] (e.g. control + photoinhibition)")
-            total = sum(c.fraction for c in self.conditions)
-            if abs(total - 1) > 0.01:
-                raise ValueError(f"conditions: fractions add up to {total:.4f}; they must add up to 1 "
-                                 "(± 0.01)")
-            names = [c.name for c in self.conditions]
-            if len(set(names)) != len(names):
-                raise ValueError(f"conditions: names must be unique, got {names}")
         for section in ("state_triggered", "threshold", "modularity_probe"):
             if kind == section and getattr(self, section) is None:
                 object.__setattr__(self, section, {"state_triggered": StateTriggeredSpec,
@@ -241,22 +232,161 @@ class ProtocolError(ValueError):
 # --- loading -----------------------------------------------------------------------------------
 
 
+#: Unit of a field, from the suffix of its name (units are in every field name, docs/protocols.md).
+_UNITS = (("_mw_per_spot", "mW"), ("_hz", "Hz"), ("_j", "J"), ("_s", "s"))
+#: How pydantic's range bounds read in an error ("gt 0.0" → "> 0").
+_BOUNDS = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+#: Largest block the [randomisation] section accepts (Randomisation.block_size).
+MAX_BLOCK_SIZE = 200
+#: How close fraction × block size must be to a whole number of trials for the block to realise it
+#: (0.08333333 × 12 is 1 trial; 0.7 × 12 = 8.4 is not).
+TRIAL_TOLERANCE = 0.01
+
+
+def _unit(name: str) -> str:
+    return next((f" {u}" for suffix, u in _UNITS if name.endswith(suffix)), "")
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        m = _submodel(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model whose fields ``loc`` (a pydantic error location, without its last key) names."""
+    model: type[BaseModel] | None = ProtocolSpec
+    for key in loc:
+        if isinstance(key, int):
+            continue
+        if model is None or key not in model.model_fields:
+            return None
+        model = _submodel(model.model_fields[key].annotation)
+    return model
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """The hint for an unknown key: the closest field of its own section, else of another section."""
+    key = str(loc[-1])
+    if len(loc) == 1:
+        close = difflib.get_close_matches(key, list(ProtocolSpec.model_fields), n=1, cutoff=0.6)
+        if close:
+            return f"unknown section [{key}]; did you mean [{close[0]}]?"
+        return f"unknown section [{key}] (sections: {', '.join(ProtocolSpec.model_fields)})"
+    model = _model_at(loc[:-1])
+    own = list(model.model_fields) if model is not None else []
+    close = difflib.get_close_matches(key, own, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field; did you mean {close[0]}?"
+    for section, info in ProtocolSpec.model_fields.items():
+        sub = _submodel(info.annotation)
+        if sub is None or sub is model:
+            continue
+        close = difflib.get_close_matches(key, list(sub.model_fields), n=1, cutoff=0.75)
+        if close:
+            return f"unknown field here; did you mean {close[0]}, a field of [{section}]?"
+    return (f"unknown field (check spelling and units in the name; fields here: {', '.join(own)})" if own
+            else "unknown field (check spelling and units in the name)")
+
+
 def _issues_from_validation(exc: ValidationError) -> list[ProtocolIssue]:
     out = []
     for e in exc.errors():
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
         ctx = e.get("ctx") or {}
-        allowed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ctx.items() if k != "error")
-        msg = e["msg"]
-        if e["type"] == "missing":
+        typ = e["type"]
+        value = e.get("input") if typ != "missing" else None
+        msg, allowed = e["msg"], ""
+        name = str(e["loc"][-1]) if e["loc"] else ""
+        if typ == "missing":
             msg = "required field is missing"
-        elif e["type"] == "extra_forbidden":
-            msg = "unknown field (check spelling and units in the name, e.g. power_mw_per_spot)"
-        elif e["type"] == "literal_error":
-            allowed = ctx.get("expected", allowed)
-        out.append(ProtocolIssue(loc or "<protocol>", msg, e.get("input") if e["type"] != "missing" else None,
-                                 str(allowed)))
+        elif typ == "extra_forbidden":
+            msg = _did_you_mean(tuple(e["loc"]))
+        elif typ in ("literal_error", "enum"):
+            msg, allowed = "not one of the allowed values", str(ctx.get("expected", ""))
+        elif typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            (bound, limit), = ((k, v) for k, v in ctx.items() if k in _BOUNDS)
+            msg = "too small" if bound in ("gt", "ge") else "too large"
+            allowed = f"{_BOUNDS[bound]} {_num(limit)}{_unit(name)}"
+        elif typ in ("too_short", "string_too_short"):
+            msg, allowed = "too short", f"at least {ctx.get('min_length', 1)}"
+        elif typ in ("too_long", "string_too_long"):
+            msg, allowed = "too long", f"at most {ctx.get('max_length')}"
+        elif msg.startswith("Input should be "):
+            msg = "should be " + msg.removeprefix("Input should be ")
+        if isinstance(value, dict | list):  # a whole section or list: its name says enough
+            value = None
+        out.append(ProtocolIssue(loc or "<protocol>", msg, value, allowed))
     return out
+
+
+def _block_issues(spec: ProtocolSpec) -> list[ProtocolIssue]:
+    """What a block protocol's conditions must satisfy before anything is built (named per field)."""
+    if spec.protocol.kind != "block":
+        return []
+    if not spec.conditions:
+        return [ProtocolIssue("conditions", "a block protocol needs [[conditions]] (e.g. control + "
+                              "photoinhibition)")]
+    out = []
+    fractions = [c.fraction for c in spec.conditions]
+    total = sum(fractions)
+    if abs(total - 1) > 0.01:
+        out.append(ProtocolIssue("conditions[*].fraction", f"fractions add up to {total:.4g}; they must "
+                                 "add up to 1", fractions, "sum = 1 ± 0.01"))
+    names = [c.name for c in spec.conditions]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            out.append(ProtocolIssue(f"conditions[{i}].name", f"a second condition named {n!r}", n,
+                                     "unique names"))
+    return out
+
+
+def block_realises(fractions: list[float], block_size: int) -> bool:
+    """Whether a block of ``block_size`` trials realises ``fractions`` (docs/protocols.md).
+
+    It does when every fraction times the block size is a whole number of trials (within
+    :data:`TRIAL_TOLERANCE`; at least one trial for a fraction above 0) and those numbers add up to
+    the block.
+    """
+    counts = [round(f * block_size) for f in fractions]
+    return sum(counts) == block_size and all(
+        abs(f * block_size - n) <= TRIAL_TOLERANCE and (n >= 1 or f == 0)
+        for f, n in zip(fractions, counts, strict=True))
+
+
+def realising_block_sizes(fractions: list[float], largest: int = MAX_BLOCK_SIZE) -> list[int]:
+    """Every block size up to ``largest`` that realises ``fractions`` (:func:`block_realises`)."""
+    return [b for b in range(1, largest + 1) if block_realises(fractions, b)]
+
+
+def _block_size_issue(spec: ProtocolSpec) -> ProtocolIssue | None:
+    fractions = [c.fraction for c in spec.conditions]
+    size = spec.randomisation.block_size
+    if block_realises(fractions, size):
+        return None
+    sizes = realising_block_sizes(fractions)
+    per_block = ", ".join(f"{c.name} {_num(round(c.fraction * size, 3))}" for c in spec.conditions)
+    given = "" if "block_size" in spec.randomisation.model_fields_set else " (the default)"
+    msg = (f"a block of {size} trials{given} cannot realise the fractions "
+           f"{', '.join(_num(f) for f in fractions)} ({per_block} trials per block)")
+    if not sizes:
+        return ProtocolIssue("randomisation.block_size", msg, size,
+                             f"none up to {MAX_BLOCK_SIZE} realises them: make every fraction a whole "
+                             "number of trials per block (e.g. k/12)")
+    if sizes == list(range(sizes[0], MAX_BLOCK_SIZE + 1, sizes[0])):
+        allowed = f"a multiple of {sizes[0]}: {', '.join(map(str, sizes[:4]))}, … (up to {MAX_BLOCK_SIZE})"
+    else:
+        allowed = ", ".join(map(str, sizes[:8])) + (", …" if len(sizes) > 8 else "")
+    return ProtocolIssue("randomisation.block_size", msg, size, f"block_size = {allowed}")
 
 
 def _read(path_or_text: str | Path) -> tuple[str, str | None, str]:
@@ -297,6 +427,8 @@ def load_protocol(path_or_text: str | Path) -> Protocol:
         spec = ProtocolSpec.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError(_issues_from_validation(exc)) from None
+    if issues := _block_issues(spec):
+        raise ProtocolError(issues)
     return Protocol(spec, text, hashlib.sha256(text.encode("utf-8")).hexdigest(), fmt, path)
 
 
@@ -306,6 +438,8 @@ def protocol_from_spec(spec: ProtocolSpec | dict[str, Any]) -> Protocol:
         s = spec if isinstance(spec, ProtocolSpec) else ProtocolSpec.model_validate(spec)
     except ValidationError as exc:
         raise ProtocolError(_issues_from_validation(exc)) from None
+    if issues := _block_issues(s):
+        raise ProtocolError(issues)
     text = json.dumps(s.model_dump(mode="json"), indent=1, sort_keys=True)
     return Protocol(s, text, hashlib.sha256(text.encode()).hexdigest(), "python")
 
@@ -315,15 +449,25 @@ def protocol_from_spec(spec: ProtocolSpec | dict[str, Any]) -> Protocol:
 
 @dataclass(frozen=True)
 class _Arm:
-    """One way a trial can get light, for dose and limit checks."""
+    """One way a trial can get light, for dose and limit checks.
 
-    field: str
+    ``label`` names the arm in messages ("conditions[1] 'left_alm'"); ``sources`` maps each
+    setting (power_mw_per_spot, duration_s, onset_s, spots_per_hemisphere) to the protocol field it
+    came from: the condition's own override, or the ``[light]``/``[window]`` default it inherits.
+    """
+
+    label: str
     hemisphere: str
     fraction: float
     power_mw_per_spot: float
     duration_s: float
     onset_from_go_s: float
     n_spots: int
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def source(self, setting: str) -> str:
+        """The protocol field a setting of this arm came from."""
+        return self.sources[setting]
 
 
 def _onset_from_go(anchor: str, onset_s: float, s: Session) -> float:
@@ -343,6 +487,8 @@ def light_window_from_go(spec: ProtocolSpec) -> tuple[float, float]:
 def _arms(spec: ProtocolSpec) -> list[_Arm]:
     s, lt, w = spec.session, spec.light, spec.window
     kind = spec.protocol.kind
+    light_sources = {"power_mw_per_spot": "light.power_mw_per_spot", "duration_s": "window.duration_s",
+                     "onset_s": "window.onset_s", "spots_per_hemisphere": "light.spots_per_hemisphere"}
     if kind == "block":
         arms = []
         for i, c in enumerate(spec.conditions):
@@ -350,10 +496,11 @@ def _arms(spec: ProtocolSpec) -> list[_Arm]:
                 continue
             anchor = c.aligned_to or w.aligned_to
             onset = c.onset_s if c.onset_s is not None else w.onset_s
-            arms.append(_Arm(f"conditions[{i}]", c.hemisphere, c.fraction,
+            own = {k: f"conditions[{i}].{k}" for k in light_sources if getattr(c, k) is not None}
+            arms.append(_Arm(f"conditions[{i}] {c.name!r}", c.hemisphere, c.fraction,
                              c.power_mw_per_spot or lt.power_mw_per_spot, c.duration_s or w.duration_s,
                              _onset_from_go(anchor, onset, s),
-                             c.spots_per_hemisphere or lt.spots_per_hemisphere))
+                             c.spots_per_hemisphere or lt.spots_per_hemisphere, {**light_sources, **own}))
         return arms
     onset = _onset_from_go(w.aligned_to, w.onset_s, s)
     if kind == "state_triggered":
@@ -361,14 +508,43 @@ def _arms(spec: ProtocolSpec) -> list[_Arm]:
         f = st.eligible_fraction * st.light_fraction
         hemis = ["left", "right"] if st.perturb == "alternate" else [st.perturb]
         return [_Arm("state_triggered", h, f / len(hemis), lt.power_mw_per_spot, w.duration_s, onset,
-                     lt.spots_per_hemisphere) for h in hemis]
+                     lt.spots_per_hemisphere, light_sources) for h in hemis]
     if kind == "threshold":
         th = spec.threshold or ThresholdSpec()
         return [_Arm("threshold", th.hemisphere, th.armed_fraction, lt.power_mw_per_spot, w.duration_s,
-                     th.from_s, lt.spots_per_hemisphere)]
+                     th.from_s, lt.spots_per_hemisphere, {**light_sources, "onset_s": "threshold.from_s"})]
     pr = spec.modularity_probe or ProbeSpec()
     return [_Arm("modularity_probe", pr.perturb, pr.light_fraction, lt.power_mw_per_spot, w.duration_s, onset,
-                 lt.spots_per_hemisphere)]
+                 lt.spots_per_hemisphere, light_sources)]
+
+
+#: Where a too-large perturbed fraction is set, per protocol kind (field, what to lower).
+_FRACTION_FIELDS = {"block": ("conditions", "the perturbed conditions' fractions"),
+                    "state_triggered": ("state_triggered", "eligible_fraction × light_fraction"),
+                    "threshold": ("threshold.armed_fraction", "armed_fraction"),
+                    "modularity_probe": ("modularity_probe.light_fraction", "light_fraction")}
+
+
+class _ArmIssues:
+    """Per-arm errors merged by field: one error per protocol field, naming every arm it affects."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, str, str, str], list[str]] = {}
+        self._values: dict[tuple[str, str, str, str], Any] = {}
+
+    def add(self, arm: _Arm, fld: str, message: str, value: Any, allowed: str) -> None:
+        key = (fld, message, repr(value), allowed)
+        self._found.setdefault(key, []).append(arm.label)
+        self._values[key] = value
+
+    def issues(self) -> list[ProtocolIssue]:
+        out = []
+        for key, labels in self._found.items():
+            fld, message, _, allowed = key
+            if not fld.startswith("conditions[") and labels[0].startswith("conditions["):
+                message += f" (used by {', '.join(labels)})"
+            out.append(ProtocolIssue(fld, message, self._values[key], allowed))
+        return out
 
 
 def _check_limits(spec: ProtocolSpec, lim: SafetyLimits, res: CheckResult) -> None:
@@ -382,40 +558,47 @@ def _check_limits(spec: ProtocolSpec, lim: SafetyLimits, res: CheckResult) -> No
                           f"0 < freq_hz ≤ {lim.max_freq_hz} Hz"))
     arms = _arms(spec)
     t_trial0 = -(s.presample_s + s.sample_s + s.expects_delay_s)
+    per_arm = _ArmIssues()
     for a in arms:
         n_cal = min(lim.n_spots_left if a.hemisphere in ("left", "bilateral") else 8,
                     lim.n_spots_right if a.hemisphere in ("right", "bilateral") else 8)
         if a.n_spots > n_cal:
-            err(ProtocolIssue(f"{a.field}.spots_per_hemisphere", "more spots than the rig calibration has",
-                              a.n_spots, f"1…{n_cal}"))
+            per_arm.add(a, a.source("spots_per_hemisphere"), "more spots than the rig calibration has",
+                        a.n_spots, f"1…{n_cal}")
             continue
         mask = (1 << a.n_spots) - 1
         cap = lim.power_cap_mw(mask if a.hemisphere != "right" else 0, mask if a.hemisphere != "left" else 0)
         if a.power_mw_per_spot > cap:
-            err(ProtocolIssue(f"{a.field}.power_mw_per_spot", "more power per spot than the interlock allows "
-                              "(service cap / calibrated spot maximum)", a.power_mw_per_spot,
-                              f"0 < P ≤ {cap} mW"))
+            per_arm.add(a, a.source("power_mw_per_spot"), "more power per spot than the interlock allows "
+                        "(service cap / calibrated spot maximum)", a.power_mw_per_spot, f"0 < P ≤ {cap} mW")
         if a.duration_s > lim.max_continuous_s:
-            err(ProtocolIssue(f"{a.field}.duration_s", "longer continuous light than the interlock allows",
-                              a.duration_s, f"0 < duration_s ≤ {lim.max_continuous_s} s (ramp included)"))
+            per_arm.add(a, a.source("duration_s"), "longer continuous light than the interlock allows",
+                        a.duration_s, f"0 < duration_s ≤ {lim.max_continuous_s} s (ramp included)")
         if lt.ramp_down_s > a.duration_s:
-            err(ProtocolIssue("light.ramp_down_s", f"ramp-down longer than the window of {a.field}",
-                              lt.ramp_down_s, f"≤ duration_s = {a.duration_s} s"))
+            per_arm.add(a, "light.ramp_down_s", "ramp-down longer than the light window", lt.ramp_down_s,
+                        f"≤ duration_s = {a.duration_s} s")
         end = a.onset_from_go_s + a.duration_s
         if a.onset_from_go_s < t_trial0 or end > s.response_window_s:
-            err(ProtocolIssue(f"{a.field}.onset_s", "light window falls outside the trial "
-                              f"({a.onset_from_go_s:+.2f}…{end:+.2f} s from the go cue)",
-                              a.onset_from_go_s,
-                              f"{t_trial0:+.2f} s ≤ onset, end ≤ {s.response_window_s:+.2f} s from go"))
-    total = sum(a.fraction for a in arms)
-    if total > lim.max_fraction_perturbed + 1e-9:
-        err(ProtocolIssue("conditions" if spec.protocol.kind == "block" else spec.protocol.kind,
-                          "perturbed-trial fraction above the interlock limit", round(total, 4),
-                          f"≤ {lim.max_fraction_perturbed}"))
-    if spec.protocol.kind == "block" and total > spec.randomisation.max_fraction_perturbed + 1e-9:
+            per_arm.add(a, a.source("onset_s"), "light window falls outside the trial "
+                        f"({a.onset_from_go_s:+.2f}…{end:+.2f} s from the go cue)", a.onset_from_go_s,
+                        f"{t_trial0:+.2f} s ≤ onset, end ≤ {s.response_window_s:+.2f} s from go")
+    res.errors.extend(per_arm.issues())
+    total = round(sum(a.fraction for a in arms), 4)
+    cap_f = lim.max_fraction_perturbed
+    fld, lower = _FRACTION_FIELDS[spec.protocol.kind]
+    if total > cap_f + 1e-9:
+        err(ProtocolIssue(fld, f"perturbed-trial fraction above the interlock's cap ({cap_f:g}, set by the "
+                          f"rig's calibration, docs/safety.md); lower {lower}", total, f"≤ {cap_f:g}"))
+    elif spec.protocol.kind == "block" and total > spec.randomisation.max_fraction_perturbed + 1e-9:
         err(ProtocolIssue("randomisation.max_fraction_perturbed", "the conditions ask for a larger perturbed "
-                          f"fraction ({total:.4f}) than the randomisation allows",
-                          spec.randomisation.max_fraction_perturbed, f"≥ {total:.4f}"))
+                          f"fraction ({total:g}) than the randomisation allows; raise it to at least "
+                          f"{total:g} (the interlock allows up to {cap_f:g}) or lower {lower}",
+                          spec.randomisation.max_fraction_perturbed, f"{total:g} ≤ max_fraction_perturbed ≤ "
+                          f"{cap_f:g}"))
+    if spec.protocol.kind == "block" and spec.randomisation.max_fraction_perturbed > cap_f + 1e-9:
+        warn(ProtocolIssue("randomisation.max_fraction_perturbed", "above the interlock's cap: the "
+                           f"interlock refuses light on trials beyond {cap_f:g} of the session",
+                           spec.randomisation.max_fraction_perturbed, f"≤ {cap_f:g}"))
     # dose: expected per session and per rolling window, per hemisphere
     trials_per_window = lim.energy_window_s / s.trial_period_s
     dose = {"left": 0.0, "right": 0.0}
@@ -469,13 +652,8 @@ def check_protocol(path_or_text: str | Path | Protocol, limits: SafetyLimits | N
         return res
     res.protocol = proto
     spec = proto.spec
-    if spec.protocol.kind == "block":
-        try:
-            block_counts(_conditions(spec), spec.randomisation.block_size)
-        except ValueError as exc:
-            res.errors.append(ProtocolIssue(
-                "randomisation.block_size", str(exc), spec.randomisation.block_size,
-                "a block size in which every fraction is a whole number of trials"))
+    if spec.protocol.kind == "block" and (issue := _block_size_issue(spec)) is not None:
+        res.errors.append(issue)
     _check_limits(spec, limits or default_limits(), res)
     return res
 

@@ -337,6 +337,7 @@ class OnlineDecoder:
             "age_trials": self._trials_since_fit if self.ready else None,
             "age_s": self._frames_since_fit * self.bin_s if self.ready else None,
             "pool_trials": self._pool_n,
+            "n_fit_trials": self.n_fit_trials,  #: usable control trials the first fit waits for
             "fit_pending": self._fit_pending,
             "fit_in_flight": self._fit_in_flight,
             "last_error": self.last_error,

@@ -28,9 +28,9 @@ import numpy as np
 import numpy.typing as npt
 
 from rig import wire
-from rig.conditions import light_delivered, trial_condition
+from rig.conditions import canonical_condition, light_delivered, trial_condition
 from rig.live_raster import ColumnRing, LiveRaster
-from rig.progress import TrialStats
+from rig.progress import TrialStats, condition_order
 from rig.record_ring import record_at
 from rig.session import RIGD_RIG_ID
 
@@ -306,7 +306,8 @@ class LiveState:
             self.stats.add(obj)
             light = obj.get("light") or {}
             self.recent_trials.append({
-                "trial": obj.get("trial"), "condition": cond, "planned": obj.get("condition") or "control",
+                "trial": obj.get("trial"), "condition": cond,
+                "planned": canonical_condition(obj.get("condition")),  # rig/conditions.py's names
                 "delivered": cond in ("left", "right", "bilateral"),
                 "instructed": obj.get("instructed"),
                 "choice": obj.get("choice"), "outcome": obj.get("outcome"),
@@ -347,7 +348,8 @@ class LiveState:
     def outcome_table(self) -> dict[str, dict[str, float | None]]:
         """Per condition: trials, hits, errors, ignores, early licks, fraction correct of licked."""
         out: dict[str, dict[str, float | None]] = {}
-        for cond, c in sorted(self.outcomes.items()):
+        for cond in sorted(self.outcomes, key=condition_order):  # the terminal's order and names
+            c = self.outcomes[cond]
             if c["n"] <= 0:  # emptied by light updates
                 continue
             licked = c["hit"] + c["error"]

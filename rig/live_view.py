@@ -9,6 +9,10 @@ session status, the latency histograms (internal and end to end, with p50/p99 an
 misses) and the drop counters. It binds to loopback by default. It reads the service's status,
 telemetry and recorder; it never sends anything to the rig and never touches the hot loop.
 
+When the view stops (the session ended: the service's state is then ``stopped``), every open page
+gets one last update as an ``end`` event, so that it shows "session finished" instead of retrying
+a connection that is gone.
+
 Routes: ``/`` the page, ``/static/*`` its assets, ``/events`` the SSE stream, ``/api/state`` one
 JSON snapshot (for scripts and tests).
 """
@@ -163,9 +167,12 @@ class LiveView:
         return self.url
 
     async def stop(self) -> None:
-        """Close every event stream and the server; the tap stops feeding the state."""
+        """Send every page its last update (an ``end`` event), then close the streams and the server."""
         self._closing.set()
         self.state.enabled = False
+        deadline = time.monotonic() + 1.0
+        while self.clients and time.monotonic() < deadline:  # each stream writes its end event
+            await asyncio.sleep(0.02)
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -189,14 +196,24 @@ class LiveView:
             "edges_us": self._rebin.edges_us.tolist(), "deadline_us": deadline_us,
             "internal": {**summary.get("internal", {}), "counts": self._rebin.counts(internal).tolist(),
                          "deadline_misses": internal.count_above(deadline_us)},
-            "e2e": {**summary.get("e2e", {}), "counts": self._rebin.counts(tel.e2e).tolist()},
+            "e2e": {**summary.get("e2e", {}), "counts": self._rebin.counts(tel.e2e).tolist(),
+                    "deadline_misses": tel.e2e.count_above(deadline_us)},
             "loops": summary.get("loops", 0), "lost_rows": summary.get("lost_rows", 0),
         }
 
-    def common(self) -> dict[str, Any]:
+    def _decoder_status(self, st: dict[str, Any]) -> dict[str, Any]:
+        """The decoder's status with the trials its first fit needs (``n_fit_trials``), for "calibrating k/N"."""
+        dec = dict(st.get("decoder") or {})
+        if dec.get("n_fit_trials") is None:
+            n_fit = getattr(getattr(self.service, "cfg", None), "n_fit_trials", None)
+            if isinstance(n_fit, int):
+                dec["n_fit_trials"] = n_fit
+        return dec
+
+    def common(self, fresh: bool = False) -> dict[str, Any]:
         """Return the part of an update every page shares (status, latency, drops), cached per tick."""
         now = time.monotonic()
-        if self._common is not None and now - self._common[0] < self.refresh_s * 0.9:
+        if not fresh and self._common is not None and now - self._common[0] < self.refresh_s * 0.9:
             return self._common[1]
         st = self.service.status()
         counters = dict(st.get("counters", {}))
@@ -207,7 +224,7 @@ class LiveView:
             "status": {k: st.get(k) for k in ("state", "name", "rig", "session_dir", "uptime_s",
                                               "trials_done", "trials_target", "frames", "errors",
                                               "alarms", "ui", "mqtt")},
-            "protocol": st.get("protocol", {}), "decoder_status": st.get("decoder", {}),
+            "protocol": st.get("protocol", {}), "decoder_status": self._decoder_status(st),
             "interlock": {"refusals": interlock.get("refusals", {}),
                           "energy_used_j": interlock.get("energy_used_j", {}),
                           "energy_budget_j": interlock.get("energy_budget_j"),
@@ -219,10 +236,10 @@ class LiveView:
         self._common = (now, out)
         return out
 
-    def update(self, cursor: Cursor | None = None) -> dict[str, Any]:
+    def update(self, cursor: Cursor | None = None, fresh: bool = False) -> dict[str, Any]:
         """One full update for a client (its cursor advances past the columns sent)."""
         snap = self.state.snapshot(cursor)
-        snap.update(self.common())
+        snap.update(self.common(fresh))
         snap["server_time"] = time.time()
         return snap
 
@@ -248,6 +265,10 @@ class LiveView:
                 self.updates_sent += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), self.refresh_s)
+            # the last word: the state the service ended in ("stopped" at the end of a session)
+            data = json.dumps(self.update(cursor, fresh=True), allow_nan=False, separators=(",", ":"))
+            await resp.write(f"event: end\ndata: {data}\n\n".encode())
+            self.updates_sent += 1
         except ConnectionResetError:
             pass  # the page went away
         finally:

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from rig.conditions import trial_condition
+from rig.conditions import CONDITIONS, NOT_DELIVERED, trial_condition
 
 if TYPE_CHECKING:
     from rig.config import ServiceConfig
@@ -27,6 +27,16 @@ if TYPE_CHECKING:
 def count(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` with its noun in the right number: "1 trial", "0 trials", "40 trials"."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+#: The order conditions are listed in, here and on the live page: rig/conditions.py's four, then
+#: not_delivered, then anything else alphabetically.
+_ORDER = {c: i for i, c in enumerate((*CONDITIONS, NOT_DELIVERED))}
+
+
+def condition_order(name: str) -> tuple[int, str]:
+    """Sort key of a condition name (rig/conditions.py's names; the terminal and the live page share it)."""
+    return _ORDER.get(name, len(_ORDER)), name
 
 
 class TrialStats:
@@ -75,7 +85,8 @@ class TrialStats:
     def table(self) -> dict[str, dict[str, float]]:
         """Per condition: trials, hits, errors, ignores, early licks, fraction correct (of licked)."""
         out: dict[str, dict[str, float]] = {}
-        for cond, c in sorted(self.by_condition.items()):
+        for cond in sorted(self.by_condition, key=condition_order):
+            c = self.by_condition[cond]
             if c["n"] <= 0:  # emptied by light updates
                 continue
             licked = c["hit"] + c["error"]
@@ -98,8 +109,12 @@ def _fmt_us(x: Any) -> str:
 def _decoder_line(d: dict[str, Any]) -> str:
     name = d.get("decoder") or "?"
     if not d.get("ready"):
-        pool = d.get("pool_trials")
-        return f"{name}: calibrating" + (f" ({count(int(pool), 'control trial')} pooled)" if pool is not None else "")
+        pool, need = d.get("pool_trials"), d.get("n_fit_trials")
+        if pool is None:
+            return f"{name}: calibrating"
+        if need is None:
+            return f"{name}: calibrating ({count(int(pool), 'control trial')} pooled)"
+        return f"{name}: calibrating {int(pool)}/{int(need)} control trials (fits at {int(need)})"
     acc = d.get("online_accuracy")
     fit = d.get("fit_accuracy")
     parts = [f"{name}: fitted {d.get('n_fits', 0)}×"]

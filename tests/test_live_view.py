@@ -538,3 +538,181 @@ async def test_rigd_start_sim_live_view_updates_and_shows_interlock_refusal(tmp_
     (session_dir,) = (tmp_path / "sessions").iterdir()
     alarms = Session.open(session_dir).alarms()
     assert any(a.get("alarm") == "light_refused" for a in alarms)
+
+
+# -- legibility (issue 21 point 4): checked from the page's own layout record, not from pixels ------
+
+
+def _lab(rgb: tuple[float, float, float]) -> tuple[float, float, float]:
+    """CIE L*a*b* (D65) of an sRGB colour (0…255)."""
+    def lin(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(c) for c in rgb)
+    x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047
+    y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116
+
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+def _delta_e(c1: tuple[float, float, float], c2: tuple[float, float, float]) -> float:
+    """CIE76 colour difference (ΔE ≈ 2.3 is just noticeable; > 30 reads as another colour)."""
+    return float(sum((a - b) ** 2 for a, b in zip(_lab(c1), _lab(c2), strict=True)) ** 0.5)
+
+
+def _on_white(rgba: list[float]) -> tuple[float, float, float]:
+    r, g, b, a = rgba
+    return (a * r + (1 - a) * 255, a * g + (1 - a) * 255, a * b + (1 - a) * 255)
+
+
+def _overlap(a: dict[str, float], b: dict[str, float], tol: float = 0.5) -> bool:
+    return (a["x"] + tol < b["x"] + b["w"] and b["x"] + tol < a["x"] + a["w"]
+            and a["y"] + tol < b["y"] + b["h"] and b["y"] + tol < a["y"] + a["h"])
+
+
+MIN_DELTA_E = 30.0
+
+
+def tmp_path_of(svc: BenchService) -> Path:
+    """The test's tmp dir (the bench session lives in it)."""
+    return Path(svc.recorder.directory).parent
+
+
+async def assert_legible(b: Browser) -> dict[str, Any]:
+    """The legibility properties of the page as drawn now (issue 21 point 4); returns the layout."""
+    palette = await b.eval("window.rigdPalette")
+    layout = await b.eval("JSON.parse(JSON.stringify(window.rigdLayout))")
+    # light is drawn opaque, in a colour far from every epoch's shading as it appears on white
+    for light in ("light", "lightNotApplied"):
+        lc = _on_white(palette[light])
+        for epoch in ("sample", "delay", "response"):
+            assert _delta_e(lc, _on_white(palette[epoch])) >= MIN_DELTA_E, (light, epoch, palette)
+            assert _delta_e(lc, tuple(palette[epoch][:3])) >= MIN_DELTA_E, (light, epoch, palette)
+    assert palette["light"][3] == 1  # never a translucent fill that blends with an epoch's colour
+    # the legend's swatches are the colours drawn
+    swatch = await b.eval("getComputedStyle(document.querySelector('.sw.light')).backgroundColor")
+    assert swatch == "rgb({}, {}, {})".format(*palette["light"][:3])
+    for cid in ("raster", "cd", "latency"):
+        rec = layout[cid]
+        W, H = rec["width"], rec["height"]
+        plots, labels = rec["plots"], [lab for lab in rec["labels"] if lab["role"] != "note"]
+        assert plots, cid
+        for lab in labels:  # inside the canvas, never over the data, never over another label
+            inside = lab["x"] >= -1 and lab["x"] + lab["w"] <= W + 1 and lab["y"] >= -1 and lab["y"] + lab["h"] <= H + 1
+            assert inside, (cid, lab)
+            for p in plots:
+                assert not _overlap(lab, p), (cid, lab, p)
+        for i, a in enumerate(labels):
+            for c in labels[i + 1:]:
+                assert not _overlap(a, c), (cid, a, c)
+        xt = [lab["text"] for lab in labels if lab["role"] == "xtick"]
+        titles = " ".join(lab["text"] for lab in labels if lab["role"] == "title")
+        if cid in ("raster", "cd"):
+            assert len(xt) >= 2 and all(t.lstrip("-").isdigit() for t in xt), (cid, xt)
+            assert "time on the rig clock (s" in titles and "left ALM" in titles and "right ALM" in titles
+        if cid == "cd":
+            yt = [lab["text"] for lab in labels if lab["role"] == "ytick"]
+            assert len(yt) == 6 and yt.count("0") == 2, yt  # −m, 0, +m per hemisphere
+            assert titles.count("spikes/s") == 2 and rec["scale"] > 0
+        if cid == "latency":
+            yt = [lab["text"] for lab in labels if lab["role"] == "ytick"]
+            legend = " ".join(lab["text"] for lab in labels if lab["role"] == "legend")
+            assert len(yt) >= 2 and len(xt) >= 3 and any(t.endswith("ms") for t in xt), (yt, xt)
+            assert all(w in legend for w in ("internal", "end to end", "p50", "p99")), legend
+            assert re.search(r"deadline \d+(\.\d+)? ms", legend), legend
+            (p,) = plots
+            assert p["x"] <= rec["deadline_x"] <= p["x"] + p["w"]  # the deadline is marked on the axis
+            assert "loops" in titles and "latency" in titles
+    text = await b.eval("document.getElementById('latency-text').textContent")
+    assert re.search(r"over the \d+(\.\d+)? ms deadline \d+", text), text
+    return dict(layout)
+
+
+@needs_chromium
+async def test_page_is_legible_with_light_bars(bench: tuple[BenchService, Publisher]) -> None:
+    """Light bars (trials 0–2 get light) in their own lane, in a colour apart from every epoch."""
+    svc, pub = bench
+    pub.refuse_from_trial = 3
+    async with LiveView(svc, refresh_hz=5.0) as view:
+        pub.start()
+        async with chromium(view.url) as b:
+            await b.wait_for("(window.rigdLayout.raster || {}).plots && "
+                             "document.querySelectorAll('#recent tbody tr').length >= 2", 30)
+            await b.wait_for("(window.rigdLayout.raster.light_bars || 0) >= 1", 20)
+            layout = await assert_legible(b)
+            assert layout["cd"]["light_bars"] >= 1
+            await b.screenshot(tmp_path_of(svc) / "bench-legible.png")
+
+
+@needs_chromium
+async def test_lockstep_session_page_is_legible_at_start_middle_and_end(tmp_path: Path) -> None:
+    """A real ``rigd start --rig sim --clock rig`` (lockstep): screenshots at start, mid-session and end
+    under tmp_path, each checked for legibility from the page's layout record; the decoder reads
+    "calibrating k/N trials" while it pools trials; the page ends on "session finished"; the
+    outcome table's condition names are the terminal's (rig/conditions.py)."""
+    n_trials = 6
+    runtime = tmp_path / "runtime"
+    env = {**os.environ, "RIGD_RUNTIME_DIR": str(runtime), "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path / "rigd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rig.cli", "start", "--rig", "sim", "--clock", "rig", "--trials", str(n_trials),
+             "--name", "legible", "--session-dir", str(tmp_path / "sessions"), "--no-live", "--seed", "3"],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            url = ""
+            while not url:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"rigd did not publish its live view URL:\n{log_path.read_text()}")
+                with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                    url = json.loads((runtime / "legible.json").read_text()).get("ui", "")
+                await asyncio.sleep(0.1)
+            async with chromium(url) as b:
+                # start: running, frames flowing, the decoder pooling trials for its first fit
+                await b.wait_for("document.getElementById('state').textContent === 'running' && "
+                                 "parseInt(document.getElementById('frames').textContent) > 0 && "
+                                 "document.getElementById('decoder').textContent.startsWith('calibrating')", 60)
+                decoder = await b.eval("document.getElementById('decoder').textContent")
+                assert re.fullmatch(r"calibrating \d+/20 trials", decoder), decoder
+                await b.screenshot(tmp_path / "live-start.png")
+                await assert_legible(b)
+                # mid-session
+                await b.wait_for(f"parseInt(document.getElementById('trials-done').textContent) >= {n_trials // 2}",
+                                 120)
+                await b.screenshot(tmp_path / "live-mid.png")
+                layout = await assert_legible(b)
+                assert layout["raster"]["labels"] and await b.eval(
+                    "document.getElementById('trials-target').textContent") == f" / {n_trials}"
+                names = await b.eval("[...document.querySelectorAll('#outcomes tbody tr td:first-child')]"
+                                     ".map((td) => td.textContent)")
+                assert names and set(names) <= {"control", "left", "right", "bilateral", "not_delivered"}, names
+                # end: the last update says the session finished; the page does not retry
+                await b.wait_for("document.getElementById('state').textContent === 'session finished'", 180)
+                await b.screenshot(tmp_path / "live-end.png")
+                await assert_legible(b)
+                assert "session finished" in await b.eval("document.getElementById('conn').textContent")
+                assert await _int(b, "trials-done") == n_trials
+                await asyncio.sleep(1.5)  # EventSource would retry after 1 s: it must not
+                assert "retrying" not in await b.eval("document.getElementById('conn').textContent")
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, log_path.read_text()
+    for shot in ("live-start.png", "live-mid.png", "live-end.png"):
+        assert (tmp_path / shot).stat().st_size > 10_000
+    # the terminal's end-of-session table uses the same names as the page
+    out = log_path.read_text()
+    terminal = set(re.findall(r"│ (control|left|right|bilateral|not_delivered|\w+_alm)\s+│", out))
+    assert terminal and terminal <= {"control", "left", "right", "bilateral", "not_delivered"}, terminal
+    assert set(names) <= terminal | {"not_delivered"}
