@@ -83,12 +83,34 @@ class DryRunResult:
                          f"over the light window): {m['m']:.3f} (95 % bootstrap CI {m['ci_low']:.3f}–"
                          f"{m['ci_high']:.3f}; {int(m['n_light'])} light, {int(m['n_control'])} control trials)")
         if self.state_effect:
-            se = self.state_effect
-            lines.append(f"state-triggered: effect of light (control − light correct) weak "
-                         f"{se['effect_weak']:.3f} ± {se['se_weak']:.3f}, strong {se['effect_strong']:.3f} ± "
-                         f"{se['se_strong']:.3f}; difference {se['difference']:.3f} (z = {se['z']:.2f}, "
-                         f"one-sided p = {se['p_one_sided']:.3g})")
+            lines.extend(state_lines(self.state_effect))
         return "\n".join(lines)
+
+
+def _ci(est: float, se: float) -> str:
+    """"0.123 (95 % CI 0.050 … 0.196)" from an estimate and its SE (normal)."""
+    return f"{est:+.3f} (95 % CI {est - 1.96 * se:+.3f} … {est + 1.96 * se:+.3f})"
+
+
+def state_lines(se: dict[str, Any]) -> list[str]:
+    """The state-triggered experiment's behavioural and neural lines, per state, with CIs (docs/protocols.md)."""
+    lines = [f"state-triggered, behaviour: effect of light (no light − light, fraction correct) weak "
+             f"{_ci(se['effect_weak'], se['se_weak'])}, strong {_ci(se['effect_strong'], se['se_strong'])}; "
+             f"weak − strong {_ci(se['difference'], se['se_difference'])} (z = {se['z']:.2f}, one-sided p = "
+             f"{se['p_one_sided']:.3g})"]
+    if "read_loss_weak" in se:
+        side = "left" if se.get("read_hemisphere") == 0.0 else "right"
+        parts = []
+        for s in ("weak", "strong"):
+            parts.append(f"{s}: {se[f'read_selectivity_{s}_no_light']:.3f} → {se[f'read_selectivity_{s}_light']:.3f}, "
+                         f"loss {_ci(se[f'read_loss_{s}'], se[f'se_read_loss_{s}'])}, M "
+                         f"{se[f'read_m_{s}']:.2f} ± {1.96 * se[f'se_read_m_{s}']:.2f} (relative loss "
+                         f"{se[f'read_relative_loss_{s}']:.2f})")
+        lines.append(f"state-triggered, neural ({side} hemisphere, unperturbed: selectivity = latent × instructed side "
+                     f"over the light window, no light → light): " + "; ".join(parts) + "; weak − strong loss "
+                     f"{_ci(se['read_loss_difference'], se['se_read_loss_difference'])}, relative "
+                     f"{_ci(se['read_relative_loss_difference'], se['se_read_relative_loss_difference'])}")
+    return lines
 
 
 def _condition(log: dict[str, Any]) -> str:
@@ -157,7 +179,7 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
     proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     kind = proto.spec.protocol.kind
     cfg = config or default_config(proto)
-    mouse = SimulatedMouse(cfg, seed)
+    mouse = _mouse(cfg, seed)
     ctrl = controller or build_controller(proto, seed=seed)
     mode = estimator if estimator != "auto" else ("none" if kind == "block" else "decoder")
     alarms: list[dict[str, Any]] = []
@@ -216,6 +238,9 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
             pipe.ack(wire.LightAckFields(cmd.command_id, cmd.cause_seq, cmd.cause_t_send_ns, t_recv, t_change,
                                          status))
         minted.clear()
+    close = getattr(mouse, "close", None)  # a spiking mouse's backend (a Lava sidecar) stops here
+    if close is not None:
+        close()
     il = pipe.interlock
     energy = {"left": il.energy_total_j[0], "right": il.energy_total_j[1]}
     logs = [{**(t.get("decision") or {}), "trial": t["trial"]} for t in summaries[:n_trials]]
@@ -223,6 +248,15 @@ def dry_run(protocol: Protocol | str | Path, n_trials: int, *, config: MouseConf
                         mode=mode, summaries=window_latent)
     result.pipeline_trials = summaries[:n_trials]
     return result
+
+
+def _mouse(cfg: MouseConfig, seed: int) -> SimulatedMouse:
+    """The mouse ``rigd start --rig sim`` would run for this config (the spiking one for model="spiking")."""
+    if cfg.model == "spiking":
+        from sim.spiking_mouse import SpikingMouse  # numba (and a Lava sidecar): only when asked for
+
+        return SpikingMouse(cfg, seed)
+    return SimulatedMouse(cfg, seed)
 
 
 def default_config(proto: Protocol, **overrides: Any) -> MouseConfig:
@@ -299,15 +333,37 @@ def _summarise(proto: Protocol, *, logs: list[dict[str, Any]], mouse: SimulatedM
 
 
 def _state_selectivity(rows: list[dict[str, Any]], proto: Protocol) -> dict[str, float]:
-    """Selectivity of the read hemisphere in the light window (mean latent·y) per state and light."""
+    """The neural effect per state: the read (unperturbed) hemisphere's selectivity over the light window.
+
+    Per state: mean latent × instructed side with and without light (``read_selectivity_*``), the
+    absolute loss (no light − light) with its SE, M = light / no light (Chen et al. 2021's modularity of
+    the read hemisphere in that state) with a delta-method SE, the relative loss 1 − M, and the
+    weak − strong difference of both losses (completed trials; docs/protocols.md).
+    """
     st = proto.spec.state_triggered
     read = 0 if st is not None and st.perturb == "right" else 1
     out: dict[str, float] = {}
     for s in ("weak", "strong"):
+        stats_: dict[str, tuple[float, float, int]] = {}
         for lt in ("light", "no_light"):
-            v = [r["window_latent"][read] * r["instructed"] for r in rows
-                 if r["condition"] == f"{s}_{lt}" and r["outcome"] in ("hit", "error") and r["window_latent"]]
-            out[f"read_selectivity_{s}_{lt}"] = float(np.mean(v)) if v else math.nan
+            v = np.array([r["window_latent"][read] * r["instructed"] for r in rows
+                          if r["condition"] == f"{s}_{lt}" and r["outcome"] in ("hit", "error") and r["window_latent"]])
+            mean = float(np.mean(v)) if v.size else math.nan
+            var = float(np.var(v, ddof=1)) / v.size if v.size >= 2 else math.nan
+            out[f"read_selectivity_{s}_{lt}"] = mean
+            stats_[lt] = (mean, var, int(v.size))
+        (s_l, v_l, _), (s_n, v_n, _) = stats_["light"], stats_["no_light"]
+        out[f"read_loss_{s}"] = s_n - s_l
+        out[f"se_read_loss_{s}"] = math.sqrt(v_n + v_l)
+        m = s_l / s_n if s_n > 1e-3 else math.nan
+        out[f"read_m_{s}"] = m
+        out[f"se_read_m_{s}"] = math.sqrt(v_l / s_n ** 2 + s_l ** 2 * v_n / s_n ** 4) if s_n > 1e-3 else math.nan
+        out[f"read_relative_loss_{s}"] = 1.0 - m
+    out["read_loss_difference"] = out["read_loss_weak"] - out["read_loss_strong"]
+    out["se_read_loss_difference"] = math.sqrt(out["se_read_loss_weak"] ** 2 + out["se_read_loss_strong"] ** 2)
+    out["read_relative_loss_difference"] = out["read_relative_loss_weak"] - out["read_relative_loss_strong"]
+    out["se_read_relative_loss_difference"] = math.sqrt(out["se_read_m_weak"] ** 2 + out["se_read_m_strong"] ** 2)
+    out["read_hemisphere"] = float(read)
     return out
 
 

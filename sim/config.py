@@ -16,6 +16,51 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RNN_DT_S = 0.025  #: step of the authors' RNN (sim/rnn.py DT_S; repeated here so config imports nothing)
+LightCondition = Literal["none", "left", "right", "bilateral"]  #: which hemispheres a trial's light reached
+
+
+class PlantedEffects(BaseModel):
+    """Effects of known size planted into the simulator: the ground truth a power analysis must recover.
+
+    Nothing here is physiology; it exists so that an analysis (``rigd protocol power``, docs/power.md)
+    can be checked against an effect whose size is configured. Honoured by the vectorised offline model
+    (:mod:`sim.offline`); the live :class:`sim.mouse.SimulatedMouse` does not implement them.
+
+    * Per-condition behavioural effect: on a random fraction ``error_<condition>`` of the trials whose
+      light reached that condition's hemispheres (``none`` = unlit trials) the choice is replaced by the
+      wrong side (a forced error, drawn after every other random number of the trial). Its effect on the
+      fraction correct p of that condition is −q·p.
+    * State-dependent light efficacy (the state-triggered experiment, docs/protocols.md): ε of every lit
+      hemisphere is multiplied by ``efficacy_weak`` on trials whose signed state — the mean latent of the
+      ``state_read`` hemisphere over the ``state_window_s`` before light onset, times the instructed side
+      (docs/simulator.md "Conventions") — is below ``state_threshold``, and by ``efficacy_strong`` otherwise.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error_none: float = Field(default=0.0, ge=0.0, le=1.0)
+    error_left: float = Field(default=0.0, ge=0.0, le=1.0)
+    error_right: float = Field(default=0.0, ge=0.0, le=1.0)
+    error_bilateral: float = Field(default=0.0, ge=0.0, le=1.0)
+    efficacy_weak: float = Field(default=1.0, ge=0.0, le=1.0)
+    efficacy_strong: float = Field(default=1.0, ge=0.0, le=1.0)
+    state_read: Literal["left", "right"] = "right"
+    state_window_s: float = Field(default=0.4, gt=0.0, le=2.0)
+    state_threshold: float = Field(default=0.0, ge=-100.0, le=100.0)
+
+    def error_rate(self, condition: LightCondition) -> float:
+        """The forced-error fraction of trials in a light condition."""
+        return float(getattr(self, f"error_{condition}"))
+
+    @property
+    def has_errors(self) -> bool:
+        """Whether any condition has forced errors."""
+        return any(self.error_rate(c) > 0.0 for c in ("none", "left", "right", "bilateral"))
+
+    @property
+    def state_dependent(self) -> bool:
+        """Whether light efficacy depends on the state."""
+        return self.efficacy_weak != 1.0 or self.efficacy_strong != 1.0
 
 
 class MouseConfig(BaseModel):
@@ -109,6 +154,9 @@ class MouseConfig(BaseModel):
     tau_drift_days: float = Field(default=11.0, gt=0.0)
 
     seed: int = Field(default=0, ge=0)
+
+    #: effects of known size for checking analyses (docs/power.md); None: none planted (the model alone)
+    planted: PlantedEffects | None = None
 
     @field_validator("early_lick_timeout_s", "iti_s", "fs_light_gain")
     @classmethod
