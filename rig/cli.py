@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import signal
@@ -23,7 +24,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from rig.config import ServiceConfig, is_placeholder_calibration, runtime_dir
+from rig.config import ServiceConfig, is_placeholder_calibration, load_subject_info, runtime_dir
 
 if TYPE_CHECKING:
     from controllers.protocol import CheckResult, Protocol
@@ -81,8 +82,19 @@ def _validation_message(exc: ValidationError) -> str:
 
 @app.command()
 def start(
-    rig: Annotated[str, typer.Option(help="'sim' (simulated mouse), 'external' (a lab rig connects) or "
-                                          "'replay:SESSION_DIR' (a recorded session's rig, replayed)")] = "sim",
+    rig: Annotated[str, typer.Option(help="'sim' (simulated mouse), 'external' (a lab rig connects), 'openephys' "
+                                          "(the Open Ephys GUI, docs/openephys.md) or 'replay:SESSION_DIR' (a "
+                                          "recorded session's rig, replayed)")] = "sim",
+    openephys_zmq: Annotated[str | None, typer.Option(
+        help="--rig openephys: the ZMQ Interface's data endpoint (default tcp://127.0.0.1:5556)")] = None,
+    openephys_events: Annotated[str | None, typer.Option(
+        help="--rig openephys: the Event Broadcaster's endpoint (trial TTLs from there)")] = None,
+    openephys_broadcast: Annotated[str | None, typer.Option(
+        help="--rig openephys: publish rigd's events and decoder output here, Event Broadcaster format")] = None,
+    openephys_record: Annotated[str | None, typer.Option(
+        help="--rig openephys: the GUI's HTTP remote control (http://HOST:37497): record during the session")] = None,
+    openephys_map: Annotated[Path | None, typer.Option(
+        help="--rig openephys: the map (TOML): which electrodes are which units, which TTL lines which events")] = None,
     trials: Annotated[int | None, typer.Option(help="stop after N trials")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after S seconds")] = None,
     clock: Annotated[str | None, typer.Option(
@@ -98,6 +110,14 @@ def start(
         "--bench-test-calibration", help="bench test without an animal: let --rig external run on the "
         "placeholder calibration")] = None,
     subject: Annotated[str | None, typer.Option(help="the animal's id (its light ledger survives restarts)")] = None,
+    subject_file: Annotated[Path | None, typer.Option(
+        help="the animal's metadata (TOML: subject_id, species, sex, age, genotype, strain, opsin, description; "
+             "docs/nwb.md), recorded and exported to NWB")] = None,
+    species: Annotated[str | None, typer.Option(help="subject species, e.g. 'Mus musculus'")] = None,
+    sex: Annotated[str | None, typer.Option(help="subject sex: M, F, U (unknown) or O (other)")] = None,
+    age: Annotated[str | None, typer.Option(help="subject age, ISO 8601 duration (e.g. P90D)")] = None,
+    genotype: Annotated[str | None, typer.Option(help="subject genotype (e.g. VGAT-ChR2-EYFP)")] = None,
+    strain: Annotated[str | None, typer.Option(help="subject strain (e.g. C57BL/6J)")] = None,
     ledger_dir: Annotated[Path | None, typer.Option(help="where light ledgers are kept")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for the sim and the schedulers")] = None,
     name: Annotated[str | None, typer.Option(help="instance name (MQTT topic prefix)")] = None,
@@ -135,18 +155,21 @@ def start(
     elif speed is not None:
         _fail("--speed paces a replay: it needs --rig replay:SESSION_DIR")
     try:
+        subject_info = load_subject_info(subject_file, species=species, sex=sex, age=age, genotype=genotype,
+                                         strain=strain)
         cfg = ServiceConfig.load(
             config, rig=rig, trials=trials, duration_s=duration, clock=clock, session_dir=session_dir, mqtt=mqtt,
             mqtt_port=mqtt_port, protocol=protocol, calibration=calibration,
             bench_test_calibration=bench_test_calibration, seed=seed, name=name,
-            subject=subject, ledger_dir=ledger_dir,
+            subject=subject, subject_info=subject_info, ledger_dir=ledger_dir,
             mu_left=mu_left, mu_right=mu_right, callosotomy=callosotomy,
             units_per_hemisphere=units_per_hemisphere, day=day, bin_ms=bin_ms, iti_s=iti_s, model=model,
             backend=backend, decoder=decoder, decoder_file=decoder_file,
             publish_estimates=publish_estimates, n_fit_trials=n_fit_trials, deadline_ms=deadline_ms,
             ingest_endpoint=ingest, command_endpoint=command, realtime_priority=realtime_priority,
             loop_cpu=loop_cpu, poll_ahead_us=poll_ahead_us, max_units=max_units, ui=ui,
-            ui_port=ui_port, live=live)
+            ui_port=ui_port, live=live, openephys_zmq=openephys_zmq, openephys_events=openephys_events,
+            openephys_broadcast=openephys_broadcast, openephys_record=openephys_record, openephys_map=openephys_map)
     except ValidationError as exc:
         _fail(_validation_message(exc))
         return
@@ -282,11 +305,11 @@ def _refuse_unsafe_start(cfg: ServiceConfig) -> Protocol:
         _fail(f"calibration: {exc}", code=1)
         return
     placeholder = is_placeholder_calibration(cal.measured_on)
-    if cfg.rig == "external" and placeholder:
+    if cfg.rig in ("external", "openephys") and placeholder:  # a lab rig: an animal
         where = (f"--calibration {cfg.calibration}" if cfg.calibration is not None
                  else f"no --calibration given: the shipped {DEFAULT_CALIBRATION_NAME}")
         if not cfg.bench_test_calibration:
-            _fail(f"--rig external refuses the placeholder calibration ({where}, measured_on "
+            _fail(f"--rig {cfg.rig} refuses the placeholder calibration ({where}, measured_on "
                   f"{cal.measured_on!r}): measure each spot's power at the brain surface and pass "
                   "--calibration FILE (format: hardware/calibration_default.toml); for a bench test "
                   "without an animal, --bench-test-calibration", code=1)
@@ -597,17 +620,75 @@ def _summary(text: str, limit: int = SUMMARY_CHARS) -> str:
     return cut.rstrip(",;:–-( ") + "…"
 
 
+# The simulator options of `rigd start`, for `rigd protocol check --dry-run` and `rigd protocol power` (one list)
+_MuLeft = Annotated[float | None, typer.Option(help="sim: left-hemisphere modularity μ_L (default 0.6)")]
+_MuRight = Annotated[float | None, typer.Option(help="sim: right-hemisphere modularity μ_R (default 0.6)")]
+_Callosotomy = Annotated[bool | None, typer.Option(help="sim: cut the corpus callosum")]
+_Units = Annotated[int | None, typer.Option(help="sim: units per hemisphere")]
+_Day = Annotated[int | None, typer.Option(help="sim: session day (drift)")]
+_BinMs = Annotated[float | None, typer.Option(help="sim: bin size in ms (dry run default 5; spiking 1)")]
+_ItiS = Annotated[float | None, typer.Option(help="sim: inter-trial interval in s")]
+_Model = Annotated[str | None, typer.Option(
+    help="sim model: 'reduced' (docs/simulator.md), 'spiking' (dry run only; docs/spiking.md) or 'rnn' "
+         "(docs/simulator-rnn.md)")]
+_Backend = Annotated[str | None, typer.Option(help="spiking backend: 'cpu' or 'lava'")]
+
+
+def _mouse_options(*, mu_left: float | None, mu_right: float | None, callosotomy: bool | None,
+                   units_per_hemisphere: int | None, day: int | None, bin_ms: float | None, iti_s: float | None,
+                   model: str | None, backend: str | None) -> dict[str, Any]:
+    """MouseConfig fields from `rigd start`'s simulator options (given ones only; bad values: one-line error)."""
+    if model is not None and model not in ("reduced", "spiking", "rnn"):
+        _fail(f"--model {model!r}: expected 'reduced', 'spiking' or 'rnn'", code=1)
+    if backend is not None and backend not in ("cpu", "lava"):
+        _fail(f"--backend {backend!r}: expected 'cpu' or 'lava'", code=1)
+    if backend is not None and model != "spiking":
+        _fail(f"--backend {backend}: a spiking-model option (add --model spiking)", code=1)
+    if model == "rnn" and (mu_left is not None or mu_right is not None):
+        _fail("--mu-left/--mu-right: the RNN (--model rnn) has no modularity parameter μ (docs/simulator-rnn.md)",
+              code=1)
+    kw: dict[str, Any] = {"mu_left": mu_left, "mu_right": mu_right, "callosotomy": callosotomy,
+                          "units_per_hemisphere": units_per_hemisphere, "day": day,
+                          "bin_s": None if bin_ms is None else bin_ms * 1e-3,
+                          "iti_s": None if iti_s is None else (iti_s, iti_s), "model": model, "backend": backend}
+    if model == "spiking" and bin_ms is None:
+        kw["bin_s"] = 0.001  # the spiking network steps per 1-ms bin
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _mouse_config(protocol: Protocol, overrides: dict[str, Any]) -> Any:
+    """The dry run's mouse (analysis.dry_run.default_config) with the options; invalid: one-line error."""
+    from analysis.dry_run import default_config
+
+    try:
+        return default_config(protocol, **overrides)
+    except ValidationError as exc:
+        opt = {"bin_s": "--bin-ms", "iti_s": "--iti-s"}
+        parts = []
+        for e in exc.errors():
+            field = ".".join(str(x) for x in e["loc"])
+            if field:
+                parts.append(f"{opt.get(field, '--' + field.replace('_', '-'))}: {e['msg']} (got {e.get('input')!r})")
+            else:  # a rule across fields (e.g. the bin must divide the model step)
+                parts.append(str(e["msg"]).removeprefix("Value error, "))
+        _fail("invalid simulated mouse: " + "; ".join(parts), code=1)
+
+
 @protocol_app.command("check")
 def protocol_check(
     file: Annotated[Path, typer.Argument(help="protocol file (TOML or YAML), or a shipped protocol's name")],
     dry_run: Annotated[int | None, typer.Option("--dry-run", help="also run N trials on the simulated mouse")] = None,
     calibration: Annotated[Path | None, typer.Option(help="rig light calibration file")] = None,
     seed: Annotated[int, typer.Option(help="seed of the simulated mouse")] = 0,
-    mu_left: Annotated[float, typer.Option(help="dry run: simulated μ_L")] = 0.6,
-    mu_right: Annotated[float, typer.Option(help="dry run: simulated μ_R")] = 0.6,
-    model: Annotated[str, typer.Option(
-        help="dry run: 'reduced' (latent model, μ; docs/simulator.md) or 'rnn' (docs/simulator-rnn.md)")]
-    = "reduced",
+    mu_left: _MuLeft = None,
+    mu_right: _MuRight = None,
+    callosotomy: _Callosotomy = None,
+    units_per_hemisphere: _Units = None,
+    day: _Day = None,
+    bin_ms: _BinMs = None,
+    iti_s: _ItiS = None,
+    model: _Model = None,
+    backend: _Backend = None,
 ) -> None:
     """Validate a protocol against the interlock limits; optionally dry-run it on the simulator."""
     import protocols
@@ -621,7 +702,11 @@ def protocol_check(
     except (OSError, ValueError) as exc:
         _fail(f"calibration: {exc}", code=1)
         return
+    mouse_kw = _mouse_options(mu_left=mu_left, mu_right=mu_right, callosotomy=callosotomy,
+                              units_per_hemisphere=units_per_hemisphere, day=day, bin_ms=bin_ms, iti_s=iti_s,
+                              model=model, backend=backend)
     result = _check_protocol_file(file, limits)
+    cfg = _mouse_config(result.protocol, mouse_kw) if dry_run and result.protocol is not None else None
     console.print(result.report(), highlight=False)
     if not result.ok:
         raise typer.Exit(1)
@@ -629,21 +714,172 @@ def protocol_check(
         from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
         from rich.progress import Progress as Bar
 
-        from analysis.dry_run import default_config
         from analysis.dry_run import dry_run as run_dry
 
-        assert result.protocol is not None
-        if model not in ("reduced", "rnn"):
-            _fail(f"--model {model!r}: expected 'reduced' or 'rnn'", code=1)
-        mouse_kw: dict[str, Any] = {"model": "rnn"} if model == "rnn" else {"mu_left": mu_left, "mu_right": mu_right}
-        cfg = default_config(result.protocol, **mouse_kw)
-        what = "the bilateral ALM RNN" if model == "rnn" else f"μ = {mu_left}, {mu_right}"
+        assert result.protocol is not None and cfg is not None
+        what = {"rnn": "the bilateral ALM RNN", "spiking": f"the spiking network ({cfg.backend})"}.get(
+            cfg.model, f"μ = {cfg.mu_left}, {cfg.mu_right}") + (", callosotomy" if cfg.callosotomy else "")
         with Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                  TimeRemainingColumn(), console=console, transient=True) as bar:
             task = bar.add_task(f"dry run on the simulated mouse ({what})", total=dry_run)
-            res = run_dry(result.protocol, dry_run, config=cfg, seed=seed, limits=limits,
-                          progress=lambda done: bar.update(task, completed=done))
+            try:
+                res = run_dry(result.protocol, dry_run, config=cfg, seed=seed, limits=limits,
+                              progress=lambda done: bar.update(task, completed=done))
+            except ValueError as exc:
+                _fail(f"dry run: {exc}", code=1)
         console.print(res.report(), highlight=False)
+
+
+def _parse_plant_errors(items: list[str]) -> dict[str, float]:
+    """`--plant-error left=0.1` → {"error_left": 0.1}; a bad item: one-line error."""
+    out: dict[str, float] = {}
+    for item in items:
+        cond, sep, val = item.partition("=")
+        if not sep or cond not in ("none", "left", "right", "bilateral"):
+            _fail(f"--plant-error {item!r}: expected LIGHT=FRACTION with LIGHT one of none, left, right, bilateral "
+                  "(e.g. left=0.1)", code=1)
+        try:
+            q = float(val)
+        except ValueError:
+            q = math.nan
+        if not 0.0 <= q <= 1.0:
+            _fail(f"--plant-error {item!r}: expected a fraction 0 ≤ q ≤ 1, got {val!r}", code=1)
+        out[f"error_{cond}"] = q
+    return out
+
+
+@protocol_app.command("power")
+def protocol_power(
+    file: Annotated[Path, typer.Argument(help="protocol file (TOML or YAML), or a shipped protocol's name")],
+    experiments: Annotated[int, typer.Option(help="simulated experiments")] = 200,
+    mice: Annotated[int, typer.Option(help="mice per experiment")] = 4,
+    sessions: Annotated[int, typer.Option(help="sessions per mouse (consecutive days)")] = 2,
+    trials: Annotated[int | None, typer.Option(help="trials per session (default: the protocol's n_trials)")] = None,
+    trials_sd: Annotated[float, typer.Option(help="between-session SD of the trials per session")] = 0.0,
+    mu_sd: Annotated[float, typer.Option(help="between-mouse SD of μ_L and μ_R (normal, clipped to 0…1)")] = 0.0,
+    day_spread: Annotated[int, typer.Option(help="first drift day uniform in DAY … DAY + DAY_SPREAD")] = 0,
+    mu_left: _MuLeft = None,
+    mu_right: _MuRight = None,
+    callosotomy: _Callosotomy = None,
+    units_per_hemisphere: _Units = None,
+    day: _Day = None,
+    bin_ms: _BinMs = None,
+    iti_s: _ItiS = None,
+    model: _Model = None,
+    backend: _Backend = None,
+    plant_error: Annotated[list[str] | None, typer.Option(
+        help="planted behavioural effect: LIGHT=Q forces errors on a fraction Q of trials whose light reached "
+             "LIGHT (none/left/right/bilateral); repeatable")] = None,
+    plant_efficacy_weak: Annotated[float | None, typer.Option(
+        help="planted state-dependent light: ε × this on weak-state trials (state-triggered protocols)")] = None,
+    plant_efficacy_strong: Annotated[float | None, typer.Option(
+        help="planted state-dependent light: ε × this on strong-state trials")] = None,
+    plant_threshold: Annotated[float | None, typer.Option(
+        help="signed state below which a trial is weak for the plant (default: the population's median)")] = None,
+    truth: Annotated[bool | None, typer.Option(
+        help="also compute the ground truth with one very large experiment (default: when effects are planted)")]
+    = None,
+    alpha: Annotated[float, typer.Option(help="significance level of the two-sided test")] = 0.05,
+    target_power: Annotated[float, typer.Option(help="power the needed trials/sessions/mice are sized for")] = 0.8,
+    seed: Annotated[int, typer.Option(help="seed of the whole analysis (same numbers on any number of workers)")] = 0,
+    chunk_size: Annotated[int, typer.Option(help="experiments per Dask task")] = 10,
+    workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes (default: the CPUs)")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="use this Dask scheduler (tcp://HOST:8786) instead")] = None,
+    serial: Annotated[bool, typer.Option("--serial", help="run in this process, without Dask")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write power.json, power.png, power.md here")]
+    = None,
+) -> None:
+    """Power analysis: simulate many experiments on a population of mice; effects, CIs, power, N for 80 %."""
+    import protocols
+    from analysis import power as pw
+    from controllers.protocol import ProtocolError, load_protocol
+
+    file = protocols.resolve(file)
+    if not file.exists():
+        _fail(f"{file}: no such file, nor a shipped protocol ({', '.join(protocols.shipped())})", code=1)
+    try:
+        proto = load_protocol(file)
+    except ProtocolError as exc:
+        _fail(f"{file}: {exc}".replace("\n", "; "), code=1)
+    if scheduler is not None and not re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+", scheduler):
+        _fail(f"--scheduler {scheduler!r}: expected a Dask scheduler address such as tcp://HOST:8786", code=1)
+    if scheduler is not None and serial:
+        _fail("--scheduler and --serial exclude each other (one runs on a Dask cluster, the other in this process)",
+              code=1)
+    if workers is not None and (workers < 1 or scheduler is not None or serial):
+        _fail(f"--workers {workers}: expected ≥ 1 worker processes of a local cluster (not with --scheduler/--serial)",
+              code=1)
+    if model == "spiking":
+        _fail("--model spiking: the power analysis runs the vectorised offline model ('reduced' or 'rnn'); "
+              "dry-run the spiking mouse with `rigd protocol check --dry-run N --model spiking`", code=1)
+    mouse_kw = _mouse_options(mu_left=mu_left, mu_right=mu_right, callosotomy=callosotomy,
+                              units_per_hemisphere=units_per_hemisphere, day=day, bin_ms=bin_ms, iti_s=iti_s,
+                              model=model, backend=backend)
+    cfg = _mouse_config(proto, mouse_kw)
+    pop = pw.Population(mice=mice, sessions=sessions, trials=trials or proto.spec.session.n_trials,
+                        trials_sd=trials_sd, mu_left=cfg.mu_left, mu_right=cfg.mu_right, mu_sd=mu_sd, day=cfg.day,
+                        day_spread=day_spread)
+    spec = pw.PowerSpec(proto, pop, cfg, experiments=experiments, seed=seed, alpha=alpha, target_power=target_power,
+                        chunk_size=chunk_size)
+    try:
+        design = spec.check()
+    except ValueError as exc:
+        _fail(str(exc), code=1)
+    plant_kw: dict[str, Any] = _parse_plant_errors(plant_error or [])
+    state_plant = plant_efficacy_weak is not None or plant_efficacy_strong is not None
+    if plant_threshold is not None and not state_plant:
+        _fail("--plant-threshold: set --plant-efficacy-weak and/or --plant-efficacy-strong as well", code=1)
+    if state_plant:
+        if design.kind != "state_triggered":
+            _fail(f"--plant-efficacy-weak/--plant-efficacy-strong: a state-dependent efficacy needs a "
+                  f"state-triggered protocol; {proto.name!r} is kind {design.kind!r}", code=1)
+        if cfg.model != "reduced":
+            _fail("--plant-efficacy-weak/--plant-efficacy-strong: implemented for the reduced model only", code=1)
+        for name, v in (("--plant-efficacy-weak", plant_efficacy_weak), ("--plant-efficacy-strong",
+                                                                          plant_efficacy_strong)):
+            if v is not None and not 0.0 <= v <= 1.0:
+                _fail(f"{name} {v}: expected a multiplier 0 ≤ g ≤ 1 of the light's efficacy", code=1)
+        plant_kw.update(efficacy_weak=1.0 if plant_efficacy_weak is None else plant_efficacy_weak,
+                        efficacy_strong=1.0 if plant_efficacy_strong is None else plant_efficacy_strong,
+                        state_read=design.read, state_window_s=design.read_window_s,
+                        state_threshold=pw.median_state(spec) if plant_threshold is None else plant_threshold)
+    if plant_kw:
+        from sim.config import PlantedEffects
+
+        try:
+            plant = PlantedEffects(**plant_kw)
+        except ValidationError as exc:
+            _fail(f"planted effects: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", code=1)
+        spec = pw.PowerSpec(proto, pop, pw.with_plant(cfg, plant), experiments=experiments, seed=seed, alpha=alpha,
+                            target_power=target_power, chunk_size=chunk_size)
+    if cfg.model == "reduced" and (units_per_hemisphere is not None or bin_ms is not None or iti_s is not None):
+        err.print("note: --units-per-hemisphere, --bin-ms and --iti-s change the spikes and the session's timing, "
+                  "not the latent model's behaviour or state (docs/power.md): recorded, no effect here",
+                  highlight=False)
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
+
+    where = "in this process" if serial else (scheduler or "on a local Dask cluster")
+    with Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+             TimeRemainingColumn(), console=err, transient=True, disable=as_json and not err.is_terminal) as bar:
+        task = bar.add_task(f"{experiments} experiments in {spec.n_chunks} tasks {where}", total=spec.n_chunks)
+        try:
+            result = pw.run_power(spec, serial=serial, scheduler=scheduler, workers=workers, truth=truth,
+                                  progress=lambda done, total: bar.update(task, completed=done))
+        except (OSError, TimeoutError, ValueError) as exc:
+            _fail(f"power analysis: {type(exc).__name__}: {exc}", code=1)
+    if output is not None:
+        try:
+            files = pw.write_outputs(result, output)
+        except OSError as exc:
+            _fail(f"-o {output}: cannot write: {exc}", code=1)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        console.print(result.report(), highlight=False)
+    if output is not None:
+        err.print("wrote " + ", ".join(str(p) for p in files.values()), highlight=False)
 
 
 @decoder_app.command("fit")

@@ -8,19 +8,90 @@ for safety or latency are named here with their units and sources.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MIN_FIT_TRIALS = 10  #: fewest trials ``decoders.online.OnlineDecoder`` fits on (it refuses fewer)
+#: an ISO 8601 duration (P90D, P12W, P1Y2M, P0DT12H) or a range of two (P90D/P120D): DANDI's subject age form
+ISO_DURATION = (r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?"
+                r"(/P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?)?$")
+#: a Latin binomial ("Mus musculus") or an NCBI taxonomy link, as DANDI expects
+SPECIES = r"^([A-Z][a-z]+ [a-z]+( [a-z]+)?|https?://.*ncbi.*taxonomy.*)$"
 
 
 def fresh_seed() -> int:
     """A new 32-bit seed from the OS's entropy (the default: each session its own trial order)."""
     return secrets.randbits(32)
+
+
+class SubjectInfo(BaseModel):
+    """The animal on the rig, as the session records it and the NWB export writes it (pynwb ``Subject``).
+
+    From ``rigd start --subject-file FILE.toml`` and/or the flags ``--species --sex --age --genotype
+    --strain`` (flags win); recorded in the manifest's ``config.subject_info`` (docs/nwb.md). Metadata
+    only: the light ledger belongs to ``--subject`` (see :class:`ServiceConfig`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,80}$", description="animal id")
+    species: str | None = Field(None, pattern=SPECIES, description="Latin binomial, e.g. 'Mus musculus'")
+    sex: Literal["M", "F", "U", "O"] | None = Field(None, description="M, F, U (unknown) or O (other)")
+    age: str | None = Field(None, description="an ISO 8601 duration, e.g. P90D (or a range P90D/P120D)")
+    #: what ``age`` counts from: birth (the default) or gestational (embryonic age)
+    age_reference: Literal["birth", "gestational"] = "birth"
+    date_of_birth: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}", description="ISO 8601 date")
+    genotype: str | None = Field(None, max_length=200, description="e.g. 'VGAT-ChR2-EYFP'")
+    strain: str | None = Field(None, max_length=200, description="e.g. 'C57BL/6J'")
+    #: the light-gated effector the photoinhibition acts through (ndx-optogenetics Effector), e.g. 'ChR2'
+    opsin: str | None = Field(None, max_length=200, description="effector, e.g. 'ChR2(H134R)-EYFP in VGAT+ cells'")
+    weight: str | None = Field(None, pattern=r"^\d+(\.\d+)? (kg|g|mg)$", description="e.g. '24.5 g' (with the space)")
+    description: str | None = Field(None, max_length=2000)
+
+    @field_validator("age")
+    @classmethod
+    def _iso_duration(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(ISO_DURATION, v):
+            raise ValueError("not an ISO 8601 duration")
+        return v
+
+
+def load_subject_info(file: Path | None, **flags: str | None) -> dict[str, Any] | None:
+    """Subject metadata from a TOML file and/or flags (flags win), validated; None when neither is given.
+
+    Raises ValueError with one line per bad field: where (the file or the flag), what it got and
+    what it expects.
+    """
+    data: dict[str, Any] = {}
+    where = "--subject-file"
+    if file is not None:
+        where = f"--subject-file {file}"
+        try:
+            with open(file, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ValueError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{where}: not valid TOML ({exc})") from None
+        data = data.get("subject", data)  # a [subject] table or top-level keys
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if not data:
+        return None
+    try:
+        return SubjectInfo.model_validate(data).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        parts = []
+        for e in exc.errors():
+            name = ".".join(str(x) for x in e["loc"]) or "subject"
+            src = f"--{name}" if name in flags and flags[name] is not None else f"{where}: {name}"
+            hint = SubjectInfo.model_fields[name].description if name in SubjectInfo.model_fields else None
+            parts.append(f"{src}: {e['msg']} (got {e.get('input')!r}" + (f"; expected {hint})" if hint else ")"))
+        raise ValueError("invalid subject metadata: " + "; ".join(parts)) from None
 
 
 class ServiceConfig(BaseModel):
@@ -29,7 +100,15 @@ class ServiceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("rigd", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="instance name (MQTT prefix)")
-    rig: Literal["sim", "external"] = "sim"
+    rig: Literal["sim", "external", "openephys"] = "sim"
+    #: --rig openephys (rig/openephys_rig.py, docs/openephys.md): the GUI's ZMQ Interface data port, its
+    #: Event Broadcaster (trial TTLs), rigd's own Event-Broadcaster-format PUB, the GUI's HTTP remote
+    #: control (record during the session) and the lab's map (units, TTL lines)
+    openephys_zmq: str = Field("tcp://127.0.0.1:5556", description="Open Ephys ZMQ Interface data endpoint")
+    openephys_events: str | None = Field(None, description="Open Ephys Event Broadcaster endpoint")
+    openephys_broadcast: str | None = Field(None, description="bind rigd's Event-Broadcaster-format PUB here")
+    openephys_record: str | None = Field(None, description="Open Ephys HTTP remote control: record the session")
+    openephys_map: Path | None = Field(None, description="the Open Ephys map (TOML): units, TTL lines")
     #: with rig "sim": the rig is the replay of this recorded session (``--rig replay:DIR``, rig/replay_rig.py)
     #: instead of the simulated mouse; recorded in the manifest as what the session replays
     replay: Path | None = Field(None, description="recorded session directory to replay as the rig")
@@ -54,6 +133,10 @@ class ServiceConfig(BaseModel):
     bench_test_calibration: bool = False
     #: the animal on the rig: its light ledger (energy, perturbed fraction) outlives a restart
     subject: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,80}$", description="animal id")
+    #: the animal's metadata (species, sex, age, genotype/opsin, strain: :class:`SubjectInfo`), recorded in the
+    #: manifest and exported to NWB; metadata only. A lab rig's subject_id names its ledger when
+    #: ``subject`` is not given; a simulated session keeps its metadata without a ledger (docs/nwb.md)
+    subject_info: SubjectInfo | None = None
     #: where light ledgers live (default: $RIGD_STATE_DIR or ~/.local/state/rigd, under ledger/)
     ledger_dir: Path | None = None
     #: a fresh random seed each start unless given (``--seed N`` reproduces a session: it is printed
@@ -149,11 +232,54 @@ class ServiceConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _subject_consistent(self) -> ServiceConfig:
+        info = self.subject_info
+        if info is None:
+            return self
+        if info.subject_id is None:
+            info.subject_id = self.subject
+        elif self.subject is not None and info.subject_id != self.subject:
+            raise ValueError(f"--subject {self.subject!r} and the subject file's subject_id {info.subject_id!r} "
+                             "name different animals; expected the same id (or only one of them)")
+        elif self.subject is None and self.rig in ("external", "openephys"):
+            self.subject = info.subject_id  # a real animal: its light ledger goes under its id
+        return self
+
+    @model_validator(mode="after")
+    def _openephys(self) -> ServiceConfig:
+        given = [k for k in ("openephys_events", "openephys_broadcast", "openephys_record", "openephys_map")
+                 if getattr(self, k) is not None]
+        if self.rig != "openephys":
+            if given:
+                raise ValueError(f"{', '.join(given)} need rig = 'openephys' (--rig openephys), got {self.rig!r}")
+            return self
+        for key in ("openephys_zmq", "openephys_events", "openephys_broadcast"):
+            v = getattr(self, key)
+            if v is not None and not (v.startswith("tcp://") and v.rpartition(":")[2].isdigit()):
+                raise ValueError(f"{key} {v!r}: expected tcp://HOST:PORT")
+        if self.openephys_record is not None and not self.openephys_record.startswith(("http://", "https://")):
+            raise ValueError(f"openephys_record {self.openephys_record!r}: expected http://HOST:PORT (the GUI's "
+                             "HTTP server, port 37497 by default)")
+        if self.openephys_map is None:
+            raise ValueError("rig = 'openephys' needs openephys_map (--openephys-map FILE: which electrodes are "
+                             "which units, which TTL lines are which trial events; docs/openephys.md, example "
+                             "hardware/openephys/map_example.toml)")
+        from hardware.openephys.mapping import MapError, OpenEphysMap
+
+        try:
+            OpenEphysMap.load(self.openephys_map)
+        except (MapError, OSError) as exc:
+            raise ValueError(f"openephys_map: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _rig_clock_only_simulated(self) -> ServiceConfig:
-        if self.clock == "rig" and (self.rig == "external" or self.subject is not None):
-            got = "rig = 'external'" if self.rig == "external" else f"subject {self.subject!r}"
+        if self.clock == "rig" and (self.rig in ("external", "openephys") or self.subject is not None):
+            got = f"rig = {self.rig!r}" if self.rig in ("external", "openephys") else f"subject {self.subject!r}"
+            hint = ("; a simulated session's subject metadata goes in --subject-file (its subject_id, without "
+                    "a light ledger)" if self.rig != "external" else "")
             raise ValueError("clock = 'rig' runs the pipeline on the rig's own time, for a simulated or "
-                             f"replayed rig without an animal only; got {got}")
+                             f"replayed rig without an animal only; got {got}{hint}")
         return self
 
     @classmethod

@@ -359,7 +359,8 @@ class Service:
         assert self.sim_proc is not None
         rc = await self.sim_proc.wait()
         await asyncio.sleep(0.5)  # let its last messages arrive
-        what = "replayed" if self.cfg.replay is not None else "simulated"
+        what = ("replayed" if self.cfg.replay is not None else
+                "Open Ephys" if self.cfg.rig == "openephys" else "simulated")
         if rc != 0:
             why = await asyncio.to_thread(self._sim_reason)
             self._alarm({"source": "sim", "severity": "error",
@@ -438,6 +439,29 @@ class Service:
                 "--log", str(self.directory / "replay.jsonl")]
         if c.replay_speed == "max":
             self.hot.publish_estimates = True  # the lockstep replay waits for them (no frame is in flight yet)
+        log_file = open(self.directory / "sim.log", "wb")  # noqa: SIM115 - closed in stop_sim()
+        self._sim_log = log_file
+        self.sim_proc = await asyncio.create_subprocess_exec(*args, stdout=log_file, stderr=log_file)
+
+    async def start_openephys(self) -> None:
+        """Start the Open Ephys adapter (rig/openephys_rig.py), the rig of ``--rig openephys``.
+
+        Watched and stopped like the simulated rig (the session ends if it exits; its last JSON line
+        says why). With ``openephys_broadcast`` rigd publishes its estimates, which the adapter
+        rebroadcasts in the Event Broadcaster format (docs/openephys.md).
+        """
+        c = self.cfg
+        assert c.openephys_map is not None
+        args = [sys.executable, "-m", "rig.openephys_rig", "--ingest", self.hot.ingest_endpoint,
+                "--command", self.hot.command_endpoint, "--rig-id", str(c.rig_ids[0]),
+                "--map", str(c.openephys_map), "--zmq", c.openephys_zmq, "--bin-ms", str(c.bin_ms),
+                "--record-name", self.directory.name, "--log", str(self.directory / "openephys.jsonl")]
+        for flag, value in (("--events", c.openephys_events), ("--broadcast", c.openephys_broadcast),
+                            ("--record", c.openephys_record)):
+            if value is not None:
+                args += [flag, value]
+        if c.openephys_broadcast is not None:
+            self.hot.publish_estimates = True  # the adapter rebroadcasts rigd's decoder output
         log_file = open(self.directory / "sim.log", "wb")  # noqa: SIM115 - closed in stop_sim()
         self._sim_log = log_file
         self.sim_proc = await asyncio.create_subprocess_exec(*args, stdout=log_file, stderr=log_file)
@@ -619,11 +643,11 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
                                      "protocol": protocol.name, "protocol_sha256": protocol.sha256})
             await svc.start_watchdog()
             svc.hot.start()
-            if cfg.rig == "external" and cfg.bench_test_calibration \
+            if cfg.rig in ("external", "openephys") and cfg.bench_test_calibration \
                     and is_placeholder_calibration(svc.calibration.measured_on):
                 now = time.monotonic_ns()
                 bench = {"source": "calibration", "severity": "warning", "t_local_ns": now,
-                         "message": "BENCH TEST: --rig external on the placeholder calibration ("
+                         "message": f"BENCH TEST: --rig {cfg.rig} on the placeholder calibration ("
                                     f"{cfg.calibration or 'hardware/calibration_default.toml'}), not "
                                     "measured on this rig: not for an animal"}
                 svc.recorder.alarm(bench, now)
@@ -649,8 +673,8 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
                 with runtime_file(cfg.name, info):
                     progress.banner(info)
                     svc.ledger_alarms()
-                    if cfg.rig == "sim":
-                        await svc.start_sim()
+                    if cfg.rig in ("sim", "openephys"):
+                        await (svc.start_sim() if cfg.rig == "sim" else svc.start_openephys())
                         tasks.append(tg.create_task(svc.watch_sim()))
                     svc.state = "running"
                     await asyncio.to_thread(svc.write_manifest)
