@@ -139,6 +139,8 @@ def start(
     ingest: Annotated[str | None, typer.Option(help="ingest endpoint to bind")] = None,
     command: Annotated[str | None, typer.Option(help="command endpoint to bind")] = None,
     realtime_priority: Annotated[int | None, typer.Option(help="SCHED_FIFO priority of the loop (0: off)")] = None,
+    placement: Annotated[str | None, typer.Option(
+        help="'auto' (default): rigd picks the loop's CPU and wait strategy for this machine; 'off'")] = None,
     loop_cpu: Annotated[int | None, typer.Option(help="run the hot loop on this CPU, everything else off it")] = None,
     max_units: Annotated[int | None, typer.Option(help="most units per rig; a rig describing more is refused")] = None,
     poll_ahead_us: Annotated[int | None, typer.Option(
@@ -167,7 +169,7 @@ def start(
             backend=backend, decoder=decoder, decoder_file=decoder_file,
             publish_estimates=publish_estimates, n_fit_trials=n_fit_trials, deadline_ms=deadline_ms,
             ingest_endpoint=ingest, command_endpoint=command, realtime_priority=realtime_priority,
-            loop_cpu=loop_cpu, poll_ahead_us=poll_ahead_us, max_units=max_units, ui=ui,
+            placement=placement, loop_cpu=loop_cpu, poll_ahead_us=poll_ahead_us, max_units=max_units, ui=ui,
             ui_port=ui_port, live=live, openephys_zmq=openephys_zmq, openephys_events=openephys_events,
             openephys_broadcast=openephys_broadcast, openephys_record=openephys_record, openephys_map=openephys_map)
     except ValidationError as exc:

@@ -174,6 +174,9 @@ class ServiceConfig(BaseModel):
     realtime_priority: int = Field(10, ge=0, le=99)
     #: CPU placement: the hot-loop thread and its ZeroMQ I/O thread run on this CPU; rigd's other
     #: threads and the processes it starts (the simulated rig) are kept off it when another CPU exists
+    #: "auto": rigd picks the loop's CPU and wait strategy for this machine (rig/placement.py) unless
+    #: loop_cpu / poll_ahead_us are given; "off": neither pinned nor polling
+    placement: Literal["auto", "off"] = Field("auto", description="auto: pick the loop's CPU and wait strategy")
     loop_cpu: int | None = Field(None, ge=0, description="pin the hot loop to this CPU")
     #: poll the ingest socket without sleeping from this long (µs) before each predicted frame until
     #: this long after it (no thread wake-up on arrival; costs CPU: use with loop_cpu). 0 = off

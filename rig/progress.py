@@ -191,6 +191,8 @@ class Progress:
         self.console.print(f"  ingest    {info['ingest']}   commands {info['command']}")
         if info.get("ui"):
             self.console.print(f"  live view {info['ui']}")
+        if info.get("placement"):
+            self.console.print(f"  loop      {info['placement']}", highlight=False, markup=False)
         cfg = self.service.cfg
         given = "seed" in cfg.model_fields_set
         self.console.print(f"  seed      {cfg.seed} ({'--seed' if given else 'fresh'}; "

@@ -42,7 +42,7 @@ from hardware.calibration import load_calibration
 from hardware.interlock import LightInterlock
 from hardware.ledger import LedgerHistory, LightLedger, ledger_path, state_dir
 from hardware.light_source import WireLightSource
-from rig import wire
+from rig import placement, wire
 from rig.broker import embedded_broker
 from rig.config import ServiceConfig, is_placeholder_calibration, runtime_dir
 from rig.control_plane import ControlPlane
@@ -101,6 +101,8 @@ class Service:
         self.recorder.on_alarm = self._alarm_from_thread  # a full disk: one alarm, not one per record
         self._manifest_failing = False
         self.runtime_info: dict[str, Any] = {}
+        #: where the loop runs and how it waits (rig/placement.py; set by :func:`run`)
+        self.placement = placement.Placement(cfg.loop_cpu, cfg.poll_ahead_us, "flags", "as configured")
         self.started_wall = dt.datetime.now(dt.UTC).isoformat()
         self.started_mono = time.monotonic()
         self.mqtt_url = ""
@@ -231,6 +233,7 @@ class Service:
             "state": self.state, "name": self.cfg.name, "pid": os.getpid(), "rig": self.cfg.rig,
             "realtime": self.hot.realtime,
             "loop_cpu": self.cfg.loop_cpu, "poll_ahead_us": self.cfg.poll_ahead_us,
+            "placement": self.placement.as_dict(),
             "loop_tid": self.hot.thread.native_id if self.hot.thread is not None else None,
             "session_dir": str(self.directory), "started": self.started_wall,
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
@@ -270,7 +273,7 @@ class Service:
             "counters": self.counter_snapshot(), "latency_us": self.telemetry_summary(),
             "trials_done": self.stats.n, "outcomes": self.stats.table(),
             "decoder": self.decoder_status(), "interlock": self.interlock_status(),
-            "rigs": self.hot.rig_descriptions(),
+            "rigs": self.hot.rig_descriptions(), "placement": self.placement.as_dict(),
             "ledgers": {str(r): str(led.path) for r, led in self.ledgers.items()},
         }
 
@@ -607,6 +610,11 @@ async def _broker(cfg: ServiceConfig, on_restart: Callable[[dict[str, Any]], Non
 async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
     """Run one session to its end; returns the final status (the summary printed at exit)."""
     protocol = load_protocol(cfg.protocol or DEFAULT_PROTOCOL)
+    given = cfg.model_fields_set
+    place = placement.choose(loop_cpu=cfg.loop_cpu if "loop_cpu" in given else None,
+                             poll_ahead_us=cfg.poll_ahead_us if "poll_ahead_us" in given else None,
+                             mode=cfg.placement, clock=cfg.clock)
+    cfg.loop_cpu, cfg.poll_ahead_us = place.loop_cpu, place.poll_ahead_us
     # the hot thread shares the GIL with the event loop and the recorder: hand it back quickly
     sys.setswitchinterval(0.0005)
     if cfg.loop_cpu is not None:
@@ -618,6 +626,7 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
     directory = (cfg.session_dir / session_name(cfg)).resolve()
     directory.mkdir(parents=True, exist_ok=False)
     svc = Service(cfg, protocol, directory)
+    svc.placement = place
     progress = Progress(svc, console=console, live=cfg.live)
     loop = asyncio.get_running_loop()
 
@@ -668,7 +677,8 @@ async def run(cfg: ServiceConfig, *, console: Any = None) -> dict[str, Any]:
                     await asyncio.wait_for(svc.control.connected.wait(), CONTROL_READY_TIMEOUT_S)
                 info = {"pid": os.getpid(), "name": cfg.name, "mqtt": mqtt_url, "embedded_broker": embedded,
                         "session_dir": str(directory), "started": svc.started_wall, "ui": svc.ui_url,
-                        "ingest": svc.hot.ingest_endpoint, "command": svc.hot.command_endpoint}
+                        "ingest": svc.hot.ingest_endpoint, "command": svc.hot.command_endpoint,
+                        "placement": place.describe()}
                 svc.runtime_info = info
                 with runtime_file(cfg.name, info):
                     progress.banner(info)
