@@ -224,9 +224,11 @@ class CheckResult:
 class ProtocolError(ValueError):
     """A protocol that cannot be loaded or validated; ``issues`` name every offending field."""
 
-    def __init__(self, issues: list[ProtocolIssue]) -> None:
+    def __init__(self, issues: list[ProtocolIssue], spec: ProtocolSpec | None = None) -> None:
         super().__init__("\n".join(str(i) for i in issues))
         self.issues = issues
+        #: the parsed spec when only the block conditions failed (its light can still be checked)
+        self.spec = spec
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -428,7 +430,7 @@ def load_protocol(path_or_text: str | Path) -> Protocol:
     except ValidationError as exc:
         raise ProtocolError(_issues_from_validation(exc)) from None
     if issues := _block_issues(spec):
-        raise ProtocolError(issues)
+        raise ProtocolError(issues, spec)
     return Protocol(spec, text, hashlib.sha256(text.encode("utf-8")).hexdigest(), fmt, path)
 
 
@@ -557,6 +559,12 @@ def _check_limits(spec: ProtocolSpec, lim: SafetyLimits, res: CheckResult) -> No
         err(ProtocolIssue("light.freq_hz", "frequency above the interlock maximum", lt.freq_hz,
                           f"0 < freq_hz ≤ {lim.max_freq_hz} Hz"))
     arms = _arms(spec)
+    if not arms and spec.protocol.kind == "block":  # no conditions to check: the [light] defaults alone
+        mask = (1 << min(lt.spots_per_hemisphere, 8)) - 1
+        cap = lim.power_cap_mw(mask, mask)
+        if lt.power_mw_per_spot > cap:
+            err(ProtocolIssue("light.power_mw_per_spot", "more power per spot than the interlock allows "
+                              "(service cap / calibrated spot maximum)", lt.power_mw_per_spot, f"0 < P ≤ {cap} mW"))
     t_trial0 = -(s.presample_s + s.sample_s + s.expects_delay_s)
     per_arm = _ArmIssues()
     for a in arms:
@@ -649,6 +657,8 @@ def check_protocol(path_or_text: str | Path | Protocol, limits: SafetyLimits | N
         proto = path_or_text if isinstance(path_or_text, Protocol) else load_protocol(path_or_text)
     except ProtocolError as exc:
         res.errors.extend(exc.issues)
+        if exc.spec is not None:  # only the conditions failed: the light settings are still checked
+            _check_limits(exc.spec, limits or default_limits(), res)
         return res
     res.protocol = proto
     spec = proto.spec

@@ -323,7 +323,7 @@ def _refuse_unsafe_start(cfg: ServiceConfig) -> Protocol:
     file = cfg.protocol or protocols.shipped()[protocols.DEFAULT]
     result = _check_protocol_file(file, cal.safety_limits())
     if not result.ok or result.protocol is None:
-        err.print(result.report(), highlight=False)
+        err.print(result.report(), highlight=False, markup=False)
         _fail(f"protocol {file}: rejected by `rigd protocol check` (above) against the calibration "
               f"{cfg.calibration or DEFAULT_CALIBRATION_NAME}; nothing started", code=1)
     return result.protocol
@@ -709,7 +709,7 @@ def protocol_check(
                               model=model, backend=backend)
     result = _check_protocol_file(file, limits)
     cfg = _mouse_config(result.protocol, mouse_kw) if dry_run and result.protocol is not None else None
-    console.print(result.report(), highlight=False)
+    console.print(result.report(), highlight=False, markup=False)
     if not result.ok:
         raise typer.Exit(1)
     if dry_run:
@@ -729,7 +729,7 @@ def protocol_check(
                               progress=lambda done: bar.update(task, completed=done))
             except ValueError as exc:
                 _fail(f"dry run: {exc}", code=1)
-        console.print(res.report(), highlight=False)
+        console.print(res.report(), highlight=False, markup=False)
 
 
 def _parse_plant_errors(items: list[str]) -> dict[str, float]:
@@ -879,7 +879,7 @@ def protocol_power(
     if as_json:
         print(json.dumps(result.to_json(), indent=1))
     else:
-        console.print(result.report(), highlight=False)
+        console.print(result.report(), highlight=False, markup=False)
     if output is not None:
         err.print("wrote " + ", ".join(str(p) for p in files.values()), highlight=False)
 

@@ -170,7 +170,7 @@ def _summary(session: Path) -> dict[str, Any]:
     raise AssertionError(f"no summary in {session / 'sim.log'}")
 
 
-def test_a_40_trial_lockstep_session_runs_faster_than_real_time_and_processes_every_frame(tmp_path: Path) -> None:
+def test_a_40_trial_lockstep_session_processes_every_frame_on_the_rigs_own_clock(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with rigd(tmp_path, "--rig", "sim", "--clock", "rig", "--trials", "40", "--no-ui", "--iti-s", "0.5",
               "--seed", "11") as r:
@@ -194,8 +194,9 @@ def test_a_40_trial_lockstep_session_runs_faster_than_real_time_and_processes_ev
     assert len(s.decoder_outputs()) == seq.size
     assert np.array_equal(seq, np.arange(seq.size))
     assert manifest["counters"].get("ingest.missing_seq", 0) == 0
-    # much faster than real time, measured on the session's own rig clock against the process's wall time
-    assert rig_s > 1.5 * wall_s, f"{rig_s:.1f} s of rig time took {wall_s:.1f} s of wall time"
+    # the rig clock advances one bin per frame, whatever the wall clock did (how much faster than real
+    # time that runs is a benchmark figure, printed above and in docs/simulator.md, not asserted here)
+    assert rig_s == pytest.approx((seq.size - 1) * summary["bin_s"], rel=1e-6)
     # light was delivered on the default protocol, each command obeyed at the end of the bin of its cause frame
     commands = {c.command_id: c for _, c in s.light_commands()}
     applied = [a for _, a in s.light_acks() if a.status == wire.AckStatus.APPLIED]
