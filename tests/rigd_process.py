@@ -139,3 +139,14 @@ def external_rigd(tmp: Path, name: str, *args: str) -> Iterator[tuple[Rigd, str,
               "--command", command, *args, name=name) as r:
         r.wait_ready()
         yield r, ingest, command
+
+
+def rig_summary(session: Path) -> dict[str, Any]:
+    """The rig process's JSON summary line (its last JSON line in the session's sim.log)."""
+    for line in reversed((session / "sim.log").read_text().splitlines()):
+        try:
+            out: dict[str, Any] = json.loads(line)
+            return out
+        except json.JSONDecodeError:
+            continue
+    raise AssertionError(f"no summary in {session / 'sim.log'}")

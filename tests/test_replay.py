@@ -17,18 +17,7 @@ import numpy as np
 from rig import wire
 from rig.loop import DECODER_FIELDS
 from rig.session import Session
-from tests.rigd_process import REPO, RIGD, rigd
-
-
-def _summary(session: Path) -> dict[str, Any]:
-    """The rig process's JSON summary line (its last JSON line in sim.log)."""
-    for line in reversed((session / "sim.log").read_text().splitlines()):
-        try:
-            out: dict[str, Any] = json.loads(line)
-            return out
-        except json.JSONDecodeError:
-            continue
-    raise AssertionError(f"no summary in {session / 'sim.log'}")
+from tests.rigd_process import REPO, RIGD, rig_summary, rigd
 
 
 def _run(tmp: Path, name: str, *args: str) -> Path:
@@ -83,7 +72,7 @@ def test_a_lockstep_replay_reproduces_the_sessions_decoder_outputs_and_light_com
     print(f"original decoder: {m0['decoder'].get('n_fits')} fits; replay: {m1['decoder'].get('n_fits')} fits")
     assert m0["decoder"]["n_fits"] >= 1 and m1["decoder"]["n_fits"] == m0["decoder"]["n_fits"]
 
-    rs = _summary(replayed)
+    rs = rig_summary(replayed)
     assert rs["stop_reason"] == "end" and rs["lockstep"] is True, rs
     s0, s1 = Session.open(original), Session.open(replayed)
     n_frames = s0.counts()[0].size

@@ -19,7 +19,7 @@ import zmq
 from rig import wire
 from rig.client import EstimateTimeoutError, LightGuard, Received, RigClient
 from rig.session import Session
-from tests.rigd_process import free_port, rigd
+from tests.rigd_process import free_port, rig_summary, rigd
 
 NS = 1_000_000_000
 
@@ -159,17 +159,6 @@ def test_wait_estimate_says_why_no_estimate_came(fake: Any) -> None:
 # -- a whole session in lockstep ------------------------------------------------------------------
 
 
-def _summary(session: Path) -> dict[str, Any]:
-    """The rig process's JSON summary line (its last JSON line in sim.log)."""
-    for line in reversed((session / "sim.log").read_text().splitlines()):
-        try:
-            out: dict[str, Any] = json.loads(line)
-            return out
-        except json.JSONDecodeError:
-            continue
-    raise AssertionError(f"no summary in {session / 'sim.log'}")
-
-
 def test_a_40_trial_lockstep_session_processes_every_frame_on_the_rigs_own_clock(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with rigd(tmp_path, "--rig", "sim", "--clock", "rig", "--trials", "40", "--no-ui", "--iti-s", "0.5",
@@ -179,7 +168,7 @@ def test_a_40_trial_lockstep_session_processes_every_frame_on_the_rigs_own_clock
     wall_s = time.monotonic() - t0  # the whole rigd process: start, 40 trials, shutdown
     session = Path(info["session_dir"])
     manifest = json.loads((session / "manifest.json").read_text())
-    summary = _summary(session)
+    summary = rig_summary(session)
     s = Session.open(session)
     seq, t_rig, _ = s.counts()
     rig_s = (int(t_rig[-1]) - int(t_rig[0])) / NS
